@@ -1,0 +1,1 @@
+//! Mount tests live in tests/; this crate has no library code.

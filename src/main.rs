@@ -1,0 +1,369 @@
+//! The `unionfs` command: parse the command line, run one subcommand, map errors
+//! to exit codes (0 success, 1 failure, 2 usage).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use unionfs::report;
+use unionfs::stack::{Merged, Stack};
+use unionfs::tar::verify;
+use unionfs::tar::{self, IndexOptions, TarLayer};
+
+/// Serve container image layers (docker/OCI layer tars) as one merged filesystem,
+/// straight from the tarballs, with overlayfs semantics.
+#[derive(Parser)]
+#[command(name = "unionfs", version, about, long_about = None)]
+#[command(
+    after_help = "Layers are given bottom first, in the order of docker's manifest.json \
+(`Layers`): `--layers base.tar:app.tar` puts app.tar on top of base.tar.\n\
+Examples:\n  unionfs ls --layers base.tar:app.tar /etc\n  unionfs ls --layers base.tar:app.tar -R --json\n  \
+unionfs index base.tar\n  unionfs verify base.tar --diff-id sha256:…"
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug, -vvv: trace); RUST_LOG also works.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct CacheArgs {
+    /// Where layer indexes are kept [default: $XDG_CACHE_HOME/unionfs or ~/.cache/unionfs].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Keep indexes in memory only: neither read nor write the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn options(&self) -> IndexOptions {
+        IndexOptions {
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir
+                    .clone()
+                    .or_else(IndexOptions::default_cache_dir)
+            },
+            ..IndexOptions::default()
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct LayerArgs {
+    /// Layer tars, bottom first, separated by ':' (repeat the option to add more).
+    #[arg(short, long, value_name = "BOTTOM.tar:…:TOP.tar", required = true)]
+    layers: Vec<String>,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+impl LayerArgs {
+    fn paths(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for spec in &self.layers {
+            for p in spec.split(':') {
+                if p.is_empty() {
+                    bail!("--layers {spec:?}: empty layer name (two ':' in a row, or a leading/trailing ':')");
+                }
+                out.push(PathBuf::from(p));
+            }
+        }
+        if out.len() > usize::from(u16::MAX) {
+            bail!("too many layers ({}, at most {})", out.len(), u16::MAX);
+        }
+        Ok(out)
+    }
+
+    fn stack(&self) -> Result<Stack> {
+        let layers = tar::open_all(&self.paths()?, &self.cache.options())?;
+        Ok(Stack::new(layers))
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the merged view of PATH without mounting, with the layer each entry comes from.
+    Ls {
+        #[command(flatten)]
+        layers: LayerArgs,
+        /// Path inside the merged view.
+        #[arg(default_value = "/")]
+        path: String,
+        /// List PATH itself and everything below it (like find).
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// One JSON object per line (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build (or load) the index of layer tars and print a summary.
+    Index {
+        /// Layer tars.
+        #[arg(required = true)]
+        tars: Vec<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Rebuild even if a valid stored index exists.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Reassemble a layer tar from its index and check its sha256 (the diff_id).
+    Verify {
+        /// The layer tar.
+        tar: PathBuf,
+        /// Expected digest, `sha256:<64 hex>` (as in an image config's rootfs.diff_ids).
+        #[arg(long, value_name = "sha256:HEX")]
+        diff_id: Option<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logger(cli.verbose);
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("unionfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logger(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Ls {
+            layers,
+            path,
+            recursive,
+            json,
+        } => ls(&layers, &path, recursive, json),
+        Cmd::Index {
+            tars,
+            cache,
+            rebuild,
+        } => index(&tars, &cache, rebuild),
+        Cmd::Verify {
+            tar,
+            diff_id,
+            cache,
+        } => verify_cmd(&tar, diff_id.as_deref(), &cache),
+    }
+}
+
+fn ls(layers: &LayerArgs, path: &str, recursive: bool, json: bool) -> Result<ExitCode> {
+    let stack = layers.stack()?;
+    let Some(m) = stack.resolve(path.as_bytes()) else {
+        bail!("{path}: no such file or directory in the merged view");
+    };
+    let out = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 16, out.lock());
+    let mut base = b"/".to_vec();
+    base.extend(
+        path.as_bytes()
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+            .join(&b'/'),
+    );
+    let emit = |out: &mut dyn Write, p: &[u8], m: &Merged| -> io::Result<()> {
+        if json {
+            writeln!(out, "{}", report::json_entry(&stack, p, m))
+        } else {
+            writeln!(out, "{}", report::human_line(&stack, p, m))
+        }
+    };
+    if recursive {
+        // Depth-first, each directory's entries in name order, PATH itself first.
+        let mut todo: Vec<(Vec<u8>, Merged)> = vec![(base, m)];
+        while let Some((p, m)) = todo.pop() {
+            emit(&mut out, &p, &m)?;
+            if m.is_dir() {
+                let kids = stack.read_dir(&m);
+                for d in kids.iter().rev() {
+                    let name = stack.name(d.entry);
+                    let child = stack
+                        .lookup(&m, name)
+                        .context("listing and lookup disagree")?;
+                    todo.push((join(&p, name), child));
+                }
+            }
+        }
+    } else if m.is_dir() {
+        for d in stack.read_dir(&m) {
+            let name = stack.name(d.entry);
+            let child = stack
+                .lookup(&m, name)
+                .context("listing and lookup disagree")?;
+            emit(&mut out, &join(&base, name), &child)?;
+        }
+    } else {
+        emit(&mut out, &base, &m)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+fn index(tars: &[PathBuf], cache: &CacheArgs, rebuild: bool) -> Result<ExitCode> {
+    let mut opts = cache.options();
+    opts.rebuild = rebuild;
+    opts.members = true;
+    let mut failed = false;
+    for t in tars {
+        let start = Instant::now();
+        match TarLayer::open(t, &opts) {
+            Ok(layer) => print_index_summary(&layer, start.elapsed())?,
+            Err(e) => {
+                eprintln!("unionfs: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_index_summary(layer: &TarLayer, total: std::time::Duration) -> Result<()> {
+    let idx = &layer.index;
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    let mut data = 0u64;
+    let mut whiteouts = 0u64;
+    let mut hardlinks = 0u64;
+    for e in &idx.entries {
+        if e.has(tar::index::F_DETACHED) {
+            continue;
+        }
+        if e.is_whiteout() {
+            whiteouts += 1;
+            continue;
+        }
+        if e.has(tar::index::F_HARDLINK) {
+            hardlinks += 1;
+            continue;
+        }
+        *counts.entry(report::type_word(e.mode)).or_default() += 1;
+        if e.kind() == libc::S_IFREG {
+            data += e.size;
+        }
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", layer.path.display())?;
+    let kinds: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    writeln!(
+        out,
+        "  entries:   {} ({}, {hardlinks} hard links, {whiteouts} whiteouts), {} dropped",
+        idx.entries.len(),
+        kinds.join(", "),
+        idx.dropped
+    )?;
+    writeln!(
+        out,
+        "  file data: {data} bytes in a {} byte tar ({} members)",
+        idx.tar_size,
+        idx.members.len()
+    )?;
+    let how = if layer.source.built {
+        "scanned"
+    } else {
+        "loaded"
+    };
+    writeln!(
+        out,
+        "  index:     {how} in {:.1} ms (total {:.1} ms){}",
+        layer.source.elapsed.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        layer
+            .source
+            .rejected
+            .as_ref()
+            .map(|r| format!("; stored index not used: {r}"))
+            .unwrap_or_default()
+    )?;
+    match &layer.source.file {
+        Some(f) => {
+            let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            writeln!(
+                out,
+                "  stored:    {} ({len} bytes, {:.1} bytes/entry)",
+                f.display(),
+                len as f64 / idx.entries.len().max(1) as f64
+            )?;
+        }
+        None => writeln!(out, "  stored:    not stored (memory only)")?,
+    }
+    for w in &idx.warnings {
+        writeln!(out, "  warning:   {w}")?;
+    }
+    Ok(())
+}
+
+fn verify_cmd(tar_path: &PathBuf, diff_id: Option<&str>, cache: &CacheArgs) -> Result<ExitCode> {
+    if let Some(d) = diff_id {
+        let hexpart = d.strip_prefix("sha256:").unwrap_or("");
+        if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--diff-id {d:?}: expected sha256:<64 hex digits>");
+        }
+    }
+    let mut opts = cache.options();
+    opts.members = true;
+    let layer = TarLayer::open(tar_path, &opts)?;
+    let r = verify::reassemble(&layer)?;
+    println!(
+        "{}: reassembled {} bytes from {} members: {}",
+        tar_path.display(),
+        r.bytes,
+        r.members,
+        r.digest
+    );
+    if let Some(want) = diff_id {
+        if !want.eq_ignore_ascii_case(&r.digest) {
+            return Err(unionfs::Error::DigestMismatch {
+                path: tar_path.clone(),
+                expected: want.to_owned(),
+                actual: r.digest,
+            }
+            .into());
+        }
+        println!("{}: diff_id matches", tar_path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,189 @@
+//! The stack: merging read-only layers with overlayfs semantics.
+//!
+//! Pure logic over [`LayerIndex`]es: no I/O, no FUSE. The same code answers
+//! `unionfs ls` and the mount's `lookup`/`readdir`.
+//!
+//! Layer numbering: a [`LayerId`] is the layer's position in the `--layers` list,
+//! **bottom first** (docker `manifest.json` order), so `LayerId(0)` is the base
+//! image and the highest id is the top. Merging walks from the top down. (The
+//! kernel numbers the other way, upper = 0; we keep one numbering, the one users
+//! see in `ls` output and `--json`'s `layer` field.)
+//!
+//! Rules (kernel `Documentation/filesystems/overlayfs.rst`, OCI image spec
+//! "Whiteouts"), applied per name from the top layer down:
+//! - the first layer that has the name wins;
+//! - a whiteout `.wh.NAME` hides NAME in every layer below its own (a same-named
+//!   entry in the whiteout's own layer stays visible: "whiteout files MUST only
+//!   apply to resources in lower/parent layers");
+//! - a directory merges with same-named directories below it, until a layer whose
+//!   directory is opaque (`.wh..wh..opq`) or whited-out below, or a layer where the
+//!   name is not a directory ("a non-directory stops the merge");
+//! - whiteout and opaque markers are never listed.
+
+mod readdir;
+
+pub use readdir::DirEntry;
+
+use crate::tar::index::{EntryRec, LayerIndex, F_HIDES_LOWER, F_OPAQUE};
+use crate::tar::{EntryId, TarLayer};
+
+/// A layer's position in the `--layers` list (bottom first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LayerId(pub u16);
+
+/// An entry of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LayerRef {
+    /// Which layer.
+    pub layer: LayerId,
+    /// Which entry in it.
+    pub entry: EntryId,
+}
+
+/// A name resolved in the merged view (cf. the kernel's `struct ovl_entry`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    /// The entry that is shown: the topmost layer's.
+    pub top: LayerRef,
+    /// For a directory: every layer directory merged into it, top first, `top`
+    /// included. Empty for non-directories.
+    pub dirs: Vec<LayerRef>,
+}
+
+impl Merged {
+    /// Returns true if and only if this is a directory.
+    pub fn is_dir(&self) -> bool {
+        !self.dirs.is_empty()
+    }
+    /// Returns true if and only if more than one layer contributes to this directory.
+    pub fn is_merged_dir(&self) -> bool {
+        self.dirs.len() > 1
+    }
+}
+
+/// Read-only layers, stacked.
+#[derive(Debug)]
+pub struct Stack {
+    layers: Vec<TarLayer>,
+}
+
+/// Returns true if and only if `e` stops the merge of same-named directories below.
+fn stops_below(e: &EntryRec) -> bool {
+    !e.is_dir() || e.has(F_OPAQUE) || e.has(F_HIDES_LOWER)
+}
+
+impl Stack {
+    /// Stacks `layers`, given bottom first.
+    pub fn new(layers: Vec<TarLayer>) -> Stack {
+        assert!(layers.len() <= usize::from(u16::MAX), "too many layers");
+        Stack { layers }
+    }
+
+    /// The layers, bottom first.
+    pub fn layers(&self) -> &[TarLayer] {
+        &self.layers
+    }
+
+    /// The layer `id`.
+    pub fn layer(&self, id: LayerId) -> &TarLayer {
+        &self.layers[usize::from(id.0)]
+    }
+
+    /// The index holding `r`.
+    pub fn index(&self, r: LayerRef) -> &LayerIndex {
+        &self.layer(r.layer).index
+    }
+
+    /// The record describing `r`'s inode (a hard link's target for hard links).
+    pub fn rec(&self, r: LayerRef) -> &EntryRec {
+        let idx = self.index(r);
+        idx.entry(idx.inode_of(r.entry))
+    }
+
+    /// The name of `r` in its directory.
+    pub fn name(&self, r: LayerRef) -> &[u8] {
+        self.index(r).name(r.entry)
+    }
+
+    /// The merged root directory.
+    pub fn root(&self) -> Merged {
+        let mut dirs = Vec::new();
+        for l in (0..self.layers.len()).rev() {
+            let r = LayerRef {
+                layer: LayerId(l as u16),
+                entry: EntryId::ROOT,
+            };
+            dirs.push(r);
+            if stops_below(self.index(r).entry(EntryId::ROOT)) {
+                break;
+            }
+        }
+        if dirs.is_empty() {
+            // No layers at all: an empty root. Callers always pass at least one.
+            return Merged {
+                top: LayerRef {
+                    layer: LayerId(0),
+                    entry: EntryId::ROOT,
+                },
+                dirs,
+            };
+        }
+        Merged { top: dirs[0], dirs }
+    }
+
+    /// Looks `name` up in the merged directory `dir` (cf. `ovl_lookup_single`).
+    /// `None`: no such name (absent everywhere, or whited out).
+    pub fn lookup(&self, dir: &Merged, name: &[u8]) -> Option<Merged> {
+        let mut out: Option<Merged> = None;
+        for &d in &dir.dirs {
+            let idx = self.index(d);
+            let Some(c) = idx.child(d.entry, name) else {
+                continue;
+            };
+            let r = LayerRef {
+                layer: d.layer,
+                entry: c,
+            };
+            let e = idx.entry(c);
+            if e.is_whiteout() {
+                break; // hides the name here and in every layer below
+            }
+            match &mut out {
+                None => {
+                    let dirs = if e.is_dir() { vec![r] } else { Vec::new() };
+                    out = Some(Merged { top: r, dirs });
+                }
+                Some(m) => {
+                    if !e.is_dir() {
+                        break;
+                    }
+                    m.dirs.push(r);
+                }
+            }
+            if stops_below(e) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Resolves a slash-separated path from the merged root; symlinks are not followed.
+    pub fn resolve(&self, path: &[u8]) -> Option<Merged> {
+        let mut cur = self.root();
+        for c in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
+            if !cur.is_dir() {
+                return None;
+            }
+            cur = self.lookup(&cur, c)?;
+        }
+        Some(cur)
+    }
+
+    /// The merged listing of directory `dir`, sorted by name, markers excluded.
+    pub fn read_dir(&self, dir: &Merged) -> Vec<DirEntry> {
+        readdir::read_dir(self, dir)
+    }
+}

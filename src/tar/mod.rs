@@ -1,0 +1,296 @@
+//! Layer tarballs: open, index (or load a cached index), and read file data in place.
+//!
+//! A [`TarLayer`] owns the tar's open file and its [`LayerIndex`]. File data is
+//! read with `pread` at the payload offset the index recorded; nothing is ever
+//! extracted. This module knows nothing of unions: whiteouts are recorded as
+//! entries, interpreted by `stack/`.
+
+pub mod header;
+pub mod index;
+pub mod persist;
+pub mod scan;
+pub mod verify;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use index::{EntryId, EntryRec, LayerIndex};
+pub use persist::TarIdentity;
+
+use crate::error::{Error, Result};
+
+/// Where and whether to keep index files.
+#[derive(Clone, Debug, Default)]
+pub struct IndexOptions {
+    /// Directory for index files; `None` keeps indexes in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Ignore a stored index and rebuild it.
+    pub rebuild: bool,
+    /// Also load the member table (needed by `verify`).
+    pub members: bool,
+}
+
+impl IndexOptions {
+    /// The default cache directory: `$XDG_CACHE_HOME/unionfs`, else `~/.cache/unionfs`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })?;
+        Some(base.join("unionfs"))
+    }
+}
+
+/// How the index of a layer was obtained.
+#[derive(Clone, Debug)]
+pub struct IndexSource {
+    /// True if the tar was scanned now; false if a stored index was loaded.
+    pub built: bool,
+    /// Time spent scanning or loading.
+    pub elapsed: Duration,
+    /// The index file, if one is kept.
+    pub file: Option<PathBuf>,
+    /// Why a stored index was not used (when `built`).
+    pub rejected: Option<String>,
+}
+
+/// One read-only layer: a tar file and its index.
+#[derive(Debug)]
+pub struct TarLayer {
+    /// The tar's path as given.
+    pub path: PathBuf,
+    file: File,
+    /// The index.
+    pub index: LayerIndex,
+    /// Where the index came from.
+    pub source: IndexSource,
+}
+
+/// Compression formats recognised by their magic bytes.
+fn sniff_compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some(("gzip", "gunzip -k FILE  (or: gzip -dc FILE > layer.tar)"))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(("zstd", "zstd -d FILE -o layer.tar"))
+    } else if head.starts_with(b"BZh") {
+        Some(("bzip2", "bunzip2 -k FILE"))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some(("xz", "unxz -k FILE"))
+    } else {
+        None
+    }
+}
+
+impl TarLayer {
+    /// Opens `path`, loading its stored index or building (and storing) a new one.
+    pub fn open(path: &Path, opts: &IndexOptions) -> Result<TarLayer> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        let not_tar = |reason: String| Error::NotATar {
+            path: path.to_owned(),
+            reason,
+        };
+        if meta.is_dir() {
+            return Err(not_tar(
+                "is a directory; a layer must be a tar file (to use a directory, tar it: tar -C DIR -cf layer.tar .)".into(),
+            ));
+        }
+        if !meta.is_file() {
+            return Err(not_tar("is not a regular file".into()));
+        }
+        if meta.len() == 0 {
+            return Err(not_tar("is empty (0 bytes), not a tar archive".into()));
+        }
+        let mut head = [0u8; 8];
+        let n = file.read_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
+        if let Some((kind, how)) = sniff_compression(&head[..n]) {
+            return Err(not_tar(format!(
+                "is {kind}-compressed; unionfs serves uncompressed layer tars. Decompress it first: {}",
+                how.replace("FILE", &path.display().to_string())
+            )));
+        }
+        let id = TarIdentity::of(&file).map_err(|e| Error::io(path, e))?;
+        let index_file = opts
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{:x}-{:x}.uidx", id.dev, id.ino)));
+        let start = Instant::now();
+        let mut rejected = None;
+        if let (Some(f), false) = (&index_file, opts.rebuild) {
+            match persist::load(f, &id, opts.members) {
+                Ok(Ok(index)) => {
+                    return Ok(TarLayer {
+                        path: path.to_owned(),
+                        file,
+                        index,
+                        source: IndexSource {
+                            built: false,
+                            elapsed: start.elapsed(),
+                            file: index_file,
+                            rejected: None,
+                        },
+                    })
+                }
+                Ok(Err(why)) => {
+                    log::debug!(target: "unionfs::tar", "{}: {why}; re-indexing", f.display());
+                    rejected = Some(why);
+                }
+                Err(e) => {
+                    log::warn!(target: "unionfs::tar", "{}: {e}; re-indexing", f.display());
+                    rejected = Some(e.to_string());
+                }
+            }
+        }
+        let index = build_index(path, &file, id.size)?;
+        let elapsed = start.elapsed();
+        let mut kept = None;
+        if let Some(f) = index_file {
+            match store(&f, &index, &id) {
+                Ok(()) => kept = Some(f),
+                Err(e) => log::warn!(
+                    target: "unionfs::tar",
+                    "cannot store the index of {} in {}: {e} (it will be rebuilt next time)",
+                    path.display(),
+                    f.display()
+                ),
+            }
+        }
+        Ok(TarLayer {
+            path: path.to_owned(),
+            file,
+            index,
+            source: IndexSource {
+                built: true,
+                elapsed,
+                file: kept,
+                rejected,
+            },
+        })
+    }
+
+    /// Reads file data of entry `id` at `off` into `buf`; returns bytes read
+    /// (0 at end of file). Holes of sparse files read as zeros.
+    pub fn read(&self, id: EntryId, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let id = self.index.inode_of(id);
+        let e = self.index.entry(id);
+        if off >= e.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (e.size - off).min(buf.len() as u64) as usize;
+        let buf = &mut buf[..n];
+        if e.has(index::F_SPARSE) {
+            let x = self.index.extra(id);
+            read_sparse(&self.file, e.data_off, &x.sparse, off, buf)?;
+        } else {
+            self.pread_exact(buf, e.data_off + off)?;
+        }
+        Ok(n)
+    }
+
+    fn pread_exact(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        scan::read_exact_at(&self.file, buf, off).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::other(format!(
+                    "{}: the tar is shorter than when it was indexed",
+                    self.path.display()
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// The open tar file (for `verify`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Fills `buf` with the logical bytes at `off` of a sparse file whose chunks
+/// (offset, length) are stored back to back at `data_off`.
+fn read_sparse(
+    f: &File,
+    data_off: u64,
+    map: &[(u64, u64)],
+    off: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    buf.fill(0);
+    let end = off + buf.len() as u64;
+    let mut stored = data_off;
+    for &(co, cl) in map {
+        let ce = co + cl;
+        if ce > off && co < end {
+            let from = co.max(off);
+            let to = ce.min(end);
+            let dst = &mut buf[(from - off) as usize..(to - off) as usize];
+            scan::read_exact_at(f, dst, stored + (from - co))?;
+        }
+        if co >= end {
+            break;
+        }
+        stored += cl;
+    }
+    Ok(())
+}
+
+/// Scans and indexes `file` (the tar at `path`).
+pub fn build_index(path: &Path, file: &File, size: u64) -> Result<LayerIndex> {
+    let scanned = scan::scan(file).map_err(|e| match e {
+        scan::ScanError::Io(e) => Error::io(path, e),
+        scan::ScanError::Corrupt(0, reason) if reason.contains("checksum") => Error::NotATar {
+            path: path.to_owned(),
+            reason: format!("not a tar archive (no valid tar header at offset 0: {reason})"),
+        },
+        scan::ScanError::Corrupt(offset, reason) => Error::CorruptTar {
+            path: path.to_owned(),
+            offset,
+            reason,
+        },
+    })?;
+    Ok(index::build(scanned, size))
+}
+
+fn store(f: &Path, index: &LayerIndex, id: &TarIdentity) -> io::Result<()> {
+    if let Some(dir) = f.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    persist::save(f, index, id)
+}
+
+/// Opens every layer, indexing those without a usable stored index in parallel
+/// (at most one thread per CPU). Fails on the first layer (in list order) that
+/// cannot be opened.
+pub fn open_all(paths: &[PathBuf], opts: &IndexOptions) -> Result<Vec<TarLayer>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(paths.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<TarLayer>>> = (0..paths.len()).map(|_| None).collect();
+    let results = parking_lot::Mutex::new(&mut slots);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(p) = paths.get(i) else { break };
+                let r = TarLayer::open(p, opts);
+                results.lock()[i] = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every layer was attempted"))
+        .collect()
+}
