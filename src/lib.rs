@@ -24,6 +24,9 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod fuse;
+pub mod inode;
+pub mod mount;
 pub mod report;
 pub mod stack;
 pub mod tar;

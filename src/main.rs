@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use unionfs::mount;
 use unionfs::report;
 use unionfs::stack::{Merged, Stack};
 use unionfs::tar::verify;
@@ -91,6 +92,39 @@ impl LayerArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Mount the merged view of the layers (read-only) on MOUNTPOINT.
+    ///
+    /// Returns once the mount is live (the server stays in the background; use
+    /// --foreground to keep it attached). Unmount with `unionfs umount MOUNTPOINT`,
+    /// `fusermount3 -u MOUNTPOINT`, or Ctrl-C / SIGTERM to a foreground server.
+    Mount {
+        #[command(flatten)]
+        layers: LayerArgs,
+        /// Directory to mount on.
+        mountpoint: PathBuf,
+        /// Stay in the foreground; log to stderr.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Mount options, comma-separated: allow_other, allow_root, suid, dev,
+        /// no_default_permissions (default: nosuid, nodev, kernel permission checks).
+        #[arg(short = 'o', value_name = "OPT[,OPT…]")]
+        options: Vec<String>,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = default_threads())]
+        threads: usize,
+        /// Log file for the background server (default: none).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
+    /// Unmount a unionfs mount.
+    #[command(alias = "unmount")]
+    Umount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// Detach now, clean up when no longer busy (umount -l).
+        #[arg(short = 'z', long)]
+        lazy: bool,
+    },
     /// List the merged view of PATH without mounting, with the layer each entry comes from.
     Ls {
         #[command(flatten)]
@@ -157,8 +191,54 @@ fn init_logger(verbose: u8) {
         .init();
 }
 
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .clamp(2, 16)
+}
+
 fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
+        Cmd::Mount {
+            layers,
+            mountpoint,
+            foreground,
+            options,
+            threads,
+            log_file,
+        } => {
+            let mut cfg = mount::MountConfig {
+                layers: layers.paths()?,
+                mountpoint,
+                foreground,
+                threads,
+                index: layers.cache.options(),
+                log_file,
+                ..Default::default()
+            };
+            for o in options.iter().flat_map(|o| o.split(',')) {
+                match o {
+                    "" => {}
+                    "allow_other" => cfg.allow_other = true,
+                    "allow_root" => cfg.allow_root = true,
+                    "suid" => cfg.suid = true,
+                    "nosuid" => cfg.suid = false,
+                    "dev" => cfg.dev = true,
+                    "nodev" => cfg.dev = false,
+                    "default_permissions" => cfg.no_default_permissions = false,
+                    "no_default_permissions" => cfg.no_default_permissions = true,
+                    "ro" => {}
+                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions)"),
+                }
+            }
+            mount::run(&cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Umount { mountpoint, lazy } => {
+            mount::unmount(&mountpoint, lazy)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Ls {
             layers,
             path,

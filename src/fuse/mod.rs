@@ -1,0 +1,433 @@
+//! The FUSE adapter: decodes each request, asks `stack`/`inode`, replies.
+//!
+//! Owns nothing but translation: inode numbers come from `inode`, merge rules from
+//! `stack`, file data from `tar`. Layers never change while mounted, so replies
+//! carry long TTLs and files open with `FOPEN_KEEP_CACHE`: the kernel keeps
+//! names, attributes and pages cached and most repeated accesses never reach us.
+//!
+//! Concurrency: fuser calls these `&self` methods from several threads. The only
+//! shared mutable state is the directory cache (`inode::Inodes`, a read-mostly
+//! lock) and the open-directory table (`handles`); file reads are `pread`s on the
+//! tar with no lock held.
+
+pub mod attr;
+mod handles;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::inode::{self, DirNode, Inodes, ROOT};
+use crate::stack::{DirEntry, LayerRef, Merged, Stack};
+use handles::DirHandles;
+
+/// How long the kernel may cache names and attributes of layer content.
+/// Layers are immutable for the life of the mount, so this is long.
+pub const LAYER_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest read the kernel may send (and readahead we ask for).
+pub const MAX_READ: u32 = 1 << 20;
+
+/// The union filesystem as fuser sees it.
+#[derive(Debug)]
+pub struct UnionFs {
+    stack: Arc<Stack>,
+    inodes: Inodes,
+    dirs: DirHandles,
+}
+
+/// What an inode number refers to.
+enum Node {
+    Dir(Arc<DirNode>),
+    Other(LayerRef),
+}
+
+impl UnionFs {
+    /// A read-only union of `stack`.
+    pub fn new(stack: Arc<Stack>) -> UnionFs {
+        let inodes = Inodes::new(&stack);
+        UnionFs {
+            stack,
+            inodes,
+            dirs: DirHandles::default(),
+        }
+    }
+
+    /// Resolves an inode number the kernel sent us.
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
+        let ino = ino.0;
+        if let Some(d) = self.inodes.dir(ino) {
+            return Ok(Node::Dir(d));
+        }
+        let r = inode::decode(&self.stack, ino).ok_or(Errno::ESTALE)?;
+        if self.stack.rec(r).is_dir() {
+            // A directory the cache does not hold (never expected: the kernel only
+            // uses numbers it got from lookup). Rebuild its merge stack by path.
+            let path = self.stack.index(r).path_of(r.entry);
+            let m = self.stack.resolve(&path).ok_or(Errno::ESTALE)?;
+            if m.top != r {
+                return Err(Errno::ESTALE);
+            }
+            let parent_path = match path.iter().rposition(|&b| b == b'/') {
+                Some(i) => &path[..i],
+                None => &[][..],
+            };
+            let parent = self
+                .stack
+                .resolve(parent_path)
+                .map_or(ROOT, |pm| inode::ino_of(&self.stack, pm.top));
+            return Ok(Node::Dir(self.inodes.remember_dir(
+                &self.stack,
+                ino,
+                parent,
+                m,
+            )));
+        }
+        Ok(Node::Other(r))
+    }
+
+    fn dir(&self, ino: INodeNo) -> Result<Arc<DirNode>, Errno> {
+        match self.node(ino)? {
+            Node::Dir(d) => Ok(d),
+            Node::Other(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn attr_of(&self, ino: INodeNo) -> Result<fuser::FileAttr, Errno> {
+        Ok(match self.node(ino)? {
+            Node::Dir(d) => attr::of(&self.stack, d.merged.top, ino.0, Some(d.nlink)),
+            Node::Other(r) => attr::of(&self.stack, r, ino.0, None),
+        })
+    }
+
+    /// Looks `name` up in `parent`; returns the child's inode number and attributes.
+    fn lookup_child(
+        &self,
+        parent_ino: u64,
+        parent: &DirNode,
+        name: &[u8],
+    ) -> Option<(u64, fuser::FileAttr)> {
+        let m = self.stack.lookup(&parent.merged, name)?;
+        Some(self.entry_of(parent_ino, m))
+    }
+
+    fn entry_of(&self, parent_ino: u64, m: Merged) -> (u64, fuser::FileAttr) {
+        let ino = inode::ino_of(&self.stack, m.top);
+        let top = m.top;
+        let nlink = if m.is_dir() {
+            Some(
+                self.inodes
+                    .remember_dir(&self.stack, ino, parent_ino, m)
+                    .nlink,
+            )
+        } else {
+            None
+        };
+        (ino, attr::of(&self.stack, top, ino, nlink))
+    }
+
+    fn listing(&self, fh: FileHandle) -> Result<Arc<[DirEntry]>, Errno> {
+        self.dirs.get(fh.0).ok_or(Errno::EBADF)
+    }
+}
+
+fn name_bytes(name: &OsStr) -> &[u8] {
+    name.as_bytes()
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                log::debug!(target: "unionfs::fuse", "kernel lacks {cap:?}");
+            }
+        }
+        let _ = config.set_max_readahead(MAX_READ);
+        log::info!(
+            target: "unionfs::fuse",
+            "mounted {} layers, FUSE ABI {:?}",
+            self.stack.layers().len(),
+            config.kernel_abi()
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        log::trace!(target: "unionfs::fuse", "lookup({}, {:?})", parent.0, name);
+        let dir = match self.dir(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        match self.lookup_child(parent.0, &dir, name_bytes(name)) {
+            Some((_, attr)) => reply.entry(&LAYER_TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        log::trace!(target: "unionfs::fuse", "getattr({})", ino.0);
+        match self.attr_of(ino) {
+            Ok(a) => reply.attr(&LAYER_TTL, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino) {
+            Ok(Node::Other(r)) if self.stack.rec(r).kind() == libc::S_IFLNK => {
+                let idx = self.stack.index(r);
+                reply.data(idx.extra(idx.inode_of(r.entry)).link);
+            }
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        log::trace!(target: "unionfs::fuse", "open({}, {:#o})", ino.0, flags.0);
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.node(ino) {
+            Ok(Node::Other(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(Node::Dir(_)) => reply.error(Errno::EISDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        log::trace!(target: "unionfs::fuse", "read({}, {offset}, {size})", ino.0);
+        let r = match self.node(ino) {
+            Ok(Node::Other(r)) => r,
+            Ok(Node::Dir(_)) => return reply.error(Errno::EISDIR),
+            Err(e) => return reply.error(e),
+        };
+        let mut buf = vec![0u8; size.min(MAX_READ) as usize];
+        match self.stack.layer(r.layer).read(r.entry, offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => {
+                log::error!(target: "unionfs::fuse", "read of inode {}: {e}", ino.0);
+                reply.error(Errno::from(e))
+            }
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir(ino) {
+            Ok(d) => {
+                let list: Arc<[DirEntry]> = self.stack.read_dir(&d.merged).into();
+                let fh = self.dirs.insert(list);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        log::trace!(target: "unionfs::fuse", "readdir({}, {offset})", ino.0);
+        let (dir, list) = match (self.dir(ino), self.listing(fh)) {
+            (Ok(d), Ok(l)) => (d, l),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        // Offsets: 1 = ".", 2 = "..", 3 + i = list[i]. The listing is a snapshot
+        // taken at opendir, so an offset means the same entry for the handle's life.
+        let mut off = offset;
+        while off < 2 {
+            let (name, ino2) = if off == 0 {
+                (".", ino.0)
+            } else {
+                ("..", dir.parent)
+            };
+            if reply.add(INodeNo(ino2), off + 1, fuser::FileType::Directory, name) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, d) in list.iter().enumerate().skip((off - 2) as usize) {
+            let rec = self.stack.rec(d.entry);
+            let child_ino = inode::ino_of(&self.stack, d.entry);
+            let name = OsStr::from_bytes(self.stack.name(d.entry));
+            if reply.add(
+                INodeNo(child_ino),
+                i as u64 + 3,
+                attr::file_type(rec.mode),
+                name,
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        log::trace!(target: "unionfs::fuse", "readdirplus({}, {offset})", ino.0);
+        let (dir, list) = match (self.dir(ino), self.listing(fh)) {
+            (Ok(d), Ok(l)) => (d, l),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let mut off = offset;
+        while off < 2 {
+            let (name, ino2) = if off == 0 {
+                (".", ino.0)
+            } else {
+                ("..", dir.parent)
+            };
+            let attr = match self.attr_of(INodeNo(ino2)) {
+                Ok(a) => a,
+                Err(e) => return reply.error(e),
+            };
+            // The kernel does not take a lookup reference for "." and "..".
+            if reply.add(
+                INodeNo(ino2),
+                off + 1,
+                name,
+                &Duration::ZERO,
+                &attr,
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, d) in list.iter().enumerate().skip((off - 2) as usize) {
+            let name = self.stack.name(d.entry);
+            let (child_ino, attr) = if self.stack.rec(d.entry).is_dir() {
+                match self.lookup_child(ino.0, &dir, name) {
+                    Some(x) => x,
+                    None => continue,
+                }
+            } else {
+                let child_ino = inode::ino_of(&self.stack, d.entry);
+                (child_ino, attr::of(&self.stack, d.entry, child_ino, None))
+            };
+            let full = reply.add(
+                INodeNo(child_ino),
+                i as u64 + 3,
+                OsStr::from_bytes(name),
+                &LAYER_TTL,
+                &attr,
+                Generation(0),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.remove(fh.0);
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let layers = self.stack.layers();
+        let bytes: u64 = layers.iter().map(|l| l.index.tar_size).sum();
+        let files: u64 = layers.iter().map(|l| l.index.entries.len() as u64).sum();
+        let bsize = u64::from(attr::BLKSIZE);
+        reply.statfs(
+            bytes.div_ceil(bsize),
+            0,
+            0,
+            files,
+            0,
+            attr::BLKSIZE,
+            255,
+            attr::BLKSIZE,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = match self.node(ino) {
+            Ok(Node::Dir(d)) => d.merged.top,
+            Ok(Node::Other(r)) => r,
+            Err(e) => return reply.error(e),
+        };
+        let idx = self.stack.index(r);
+        let x = idx.extra(idx.inode_of(r.entry));
+        match x.xattrs.iter().find(|(k, _)| *k == name_bytes(name)) {
+            None => reply.error(Errno::ENODATA),
+            Some((_, v)) => xattr_reply(reply, size, v),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = match self.node(ino) {
+            Ok(Node::Dir(d)) => d.merged.top,
+            Ok(Node::Other(r)) => r,
+            Err(e) => return reply.error(e),
+        };
+        let idx = self.stack.index(r);
+        let mut names = Vec::new();
+        for (k, _) in idx.extra(idx.inode_of(r.entry)).xattrs {
+            names.extend_from_slice(k);
+            names.push(0);
+        }
+        xattr_reply(reply, size, &names)
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if let Err(e) = self.node(ino) {
+            return reply.error(e);
+        }
+        if mask.contains(AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        reply.ok()
+    }
+}
+
+/// Answers a get/listxattr: the size when asked for it, ERANGE when too small.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(value)
+    }
+}

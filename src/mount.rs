@@ -1,0 +1,339 @@
+//! The mount's life: check the mountpoint, daemonize with a readiness report,
+//! mount, serve, and unmount on SIGINT/SIGTERM/SIGHUP.
+//!
+//! By default the command returns only once the mount is live: the process forks
+//! before doing anything else; the child indexes the layers and mounts, then
+//! tells the parent "ready" (or the error) through a pipe; the parent prints the
+//! error, if any, and exits with the matching status. So `unionfs mount … && ls
+//! MNT` never races, and a failure leaves nothing mounted and nothing running.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::error::{Error, Result};
+use crate::fuse::UnionFs;
+use crate::stack::Stack;
+use crate::tar::{self, IndexOptions};
+
+/// Everything `unionfs mount` needs.
+#[derive(Clone, Debug, Default)]
+pub struct MountConfig {
+    /// Layer tars, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (logs to stderr).
+    pub foreground: bool,
+    /// Let other users access the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Let root access the mount (`allow_root`).
+    pub allow_root: bool,
+    /// Honour set-user-id bits (default: `nosuid`).
+    pub suid: bool,
+    /// Honour device files (default: `nodev`).
+    pub dev: bool,
+    /// Leave permission checks to unionfs rather than the kernel (default: kernel).
+    pub no_default_permissions: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Index caching.
+    pub index: IndexOptions,
+    /// Where a background daemon writes its log (default: nowhere).
+    pub log_file: Option<PathBuf>,
+}
+
+/// Returns true if and only if `path` (absolute) is a mount point, according to
+/// /proc/self/mountinfo (never `stat`s it: a dead FUSE mount would hang or fail).
+pub fn is_mounted(path: &Path) -> io::Result<bool> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    let want = path.as_os_str().as_bytes();
+    Ok(info.split(|&b| b == b'\n').any(|line| {
+        line.split(|&b| b == b' ')
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == want)
+    }))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Checks the mountpoint and returns its absolute path.
+pub fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(mp).map_err(|e| Error::io(mp, e))?;
+    // Mountinfo lists canonical paths; canonicalising the parent is safe (it is
+    // not the possibly-dead mount itself).
+    let abs = match (abs.parent(), abs.file_name()) {
+        (Some(p), Some(n)) => p.canonicalize().map_err(|e| Error::io(p, e))?.join(n),
+        _ => abs,
+    };
+    if is_mounted(&abs).map_err(|e| Error::io("/proc/self/mountinfo", e))? {
+        return Err(Error::Usage(format!(
+            "{}: already a mount point (unmount it first: unionfs umount {})",
+            abs.display(),
+            abs.display()
+        )));
+    }
+    let meta = std::fs::metadata(&abs).map_err(|e| Error::io(&abs, e))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "{}: mountpoint is not a directory",
+            abs.display()
+        )));
+    }
+    Ok(abs)
+}
+
+fn fuse_config(cfg: &MountConfig) -> Config {
+    let mut opts = vec![
+        MountOption::FSName("unionfs".into()),
+        MountOption::Subtype("unionfs".into()),
+        MountOption::RO,
+        if cfg.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if cfg.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+    ];
+    if !cfg.no_default_permissions {
+        opts.push(MountOption::DefaultPermissions);
+    }
+    let mut c = Config::default();
+    c.mount_options = opts;
+    c.acl = if cfg.allow_other {
+        SessionACL::All
+    } else if cfg.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(cfg.threads.max(1));
+    c.clone_fd = cfg.threads > 1;
+    c
+}
+
+/// Explains a mount failure in terms of what the user can do.
+fn mount_error(mp: &Path, e: io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            " (is /dev/fuse accessible, and fusermount3 installed? for -o allow_other as a \
+             normal user, /etc/fuse.conf needs user_allow_other)"
+        }
+        Some(libc::ENOENT) => " (is the fuse3 package installed, and /dev/fuse present?)",
+        _ => "",
+    };
+    Error::Io {
+        path: mp.to_owned(),
+        source: io::Error::new(e.kind(), format!("mount failed: {e}{hint}")),
+    }
+}
+
+/// Mounts per `cfg` and serves until unmounted. Returns after unmount in the
+/// foreground; in the background, the calling (parent) process exits once the
+/// mount is live and this returns only in the daemon, after unmount.
+pub fn run(cfg: &MountConfig) -> Result<()> {
+    let mp = check_mountpoint(&cfg.mountpoint)?;
+    let mut ready = if cfg.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
+    let result = serve(cfg, &mp, &mut ready);
+    if let (Err(e), Some(pipe)) = (&result, ready.as_mut()) {
+        let _ = writeln!(pipe, "ERR {e}");
+        std::process::exit(1);
+    }
+    result
+}
+
+fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
+    let layers = tar::open_all(&cfg.layers, &cfg.index)?;
+    let stack = Arc::new(Stack::new(layers));
+    let fs = UnionFs::new(stack);
+    let sigs = block_signals();
+    let mut session =
+        fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;
+    let mut unmounter = session.unmount_callable();
+    log::info!(target: "unionfs", "mounted on {}", mp.display());
+    if let Some(mut pipe) = ready.take() {
+        let _ = writeln!(pipe, "OK");
+        drop(pipe);
+        detach_stdio(cfg.log_file.as_deref());
+    }
+    let worker = std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            // Wake the signal loop: the session ended (unmounted from outside).
+            unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
+            r
+        })
+        .map_err(|e| Error::io(mp, e))?;
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `sigs` is an initialised signal set; `sig` is a valid out pointer.
+        let rc = unsafe { libc::sigwait(&sigs, &mut sig) };
+        if rc != 0 || sig == libc::SIGUSR1 {
+            break;
+        }
+        log::info!(target: "unionfs", "signal {sig}: unmounting {}", mp.display());
+        if let Err(e) = unmounter.unmount() {
+            log::error!(target: "unionfs", "cannot unmount {}: {e} (still in use? \
+                        close what uses it, or unmount lazily: umount -l)", mp.display());
+        }
+    }
+    match worker.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::io(mp, e)),
+        Err(_) => Err(Error::Usage("the FUSE session thread panicked".into())),
+    }
+}
+
+/// Blocks the signals the main thread waits for, in this thread and (by
+/// inheritance) every thread spawned after.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Forks. The parent waits for the child's report and exits; the child returns
+/// the write end of the report pipe.
+fn daemonize() -> Result<File> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io("pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: the fds were just created and are owned here.
+    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: called before any thread is started by this process (mount is the
+    // first thing the CLI does), so the child is a faithful single-threaded copy.
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::io("fork", io::Error::last_os_error())),
+        0 => {
+            drop(rd);
+            // SAFETY: plain libc call in the child.
+            unsafe { libc::setsid() };
+            Ok(wr)
+        }
+        child => {
+            drop(wr);
+            let mut msg = Vec::new();
+            let mut byte = [0u8; 1];
+            while msg.len() < 65536 {
+                match rd.read(&mut byte) {
+                    Ok(1) if byte[0] == b'\n' => break,
+                    Ok(1) => msg.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let msg = String::from_utf8_lossy(&msg);
+            if msg == "OK" {
+                std::process::exit(0);
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            match msg.strip_prefix("ERR ") {
+                Some(m) => eprintln!("unionfs: {m}"),
+                None => eprintln!("unionfs: the mount process exited before the mount was ready"),
+            }
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Points stdin/stdout at /dev/null and stderr at the log file (or /dev/null).
+fn detach_stdio(log: Option<&Path>) {
+    let null = File::options().read(true).write(true).open("/dev/null");
+    let err = log
+        .and_then(|p| File::options().create(true).append(true).open(p).ok())
+        .or_else(|| null.as_ref().ok().and_then(|f| f.try_clone().ok()));
+    if let Ok(null) = &null {
+        // SAFETY: duplicating valid fds onto the standard descriptors.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+    if let Some(err) = err {
+        // SAFETY: as above.
+        unsafe { libc::dup2(err.as_raw_fd(), 2) };
+    }
+    let _ = std::env::set_current_dir("/");
+}
+
+/// Unmounts `mp`: `umount2` when permitted (root), else `fusermount3 -u`.
+pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
+    let abs = std::path::absolute(mp).map_err(|e| Error::io(mp, e))?;
+    if !is_mounted(&abs).map_err(|e| Error::io("/proc/self/mountinfo", e))? {
+        return Err(Error::Usage(format!("{}: not mounted", abs.display())));
+    }
+    let c = std::ffi::CString::new(abs.as_os_str().as_bytes())
+        .map_err(|_| Error::Usage("mountpoint contains a NUL byte".into()))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(Error::Io {
+            path: abs,
+            source: io::Error::new(err.kind(), format!("unmount failed: {err}")),
+        });
+    }
+    let mut args: Vec<OsString> = vec!["-u".into()];
+    if lazy {
+        args.push("-z".into());
+    }
+    args.push(abs.clone().into());
+    let st = std::process::Command::new("fusermount3")
+        .args(&args)
+        .status()
+        .map_err(|e| Error::io("fusermount3", e))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "{}: fusermount3 -u failed ({st})",
+            abs.display()
+        )))
+    }
+}
