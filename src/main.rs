@@ -138,6 +138,9 @@ enum Cmd {
         /// One JSON object per line (schema in the README).
         #[arg(long)]
         json: bool,
+        /// With --json: add the sha256 of each regular file's content.
+        #[arg(long, requires = "json")]
+        sha256: bool,
     },
     /// Build (or load) the index of layer tars and print a summary.
     Index {
@@ -244,7 +247,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             path,
             recursive,
             json,
-        } => ls(&layers, &path, recursive, json),
+            sha256,
+        } => ls(&layers, &path, recursive, json, sha256),
         Cmd::Index {
             tars,
             cache,
@@ -258,7 +262,13 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
     }
 }
 
-fn ls(layers: &LayerArgs, path: &str, recursive: bool, json: bool) -> Result<ExitCode> {
+fn ls(
+    layers: &LayerArgs,
+    path: &str,
+    recursive: bool,
+    json: bool,
+    sha256: bool,
+) -> Result<ExitCode> {
     let stack = layers.stack()?;
     let Some(m) = stack.resolve(path.as_bytes()) else {
         bail!("{path}: no such file or directory in the merged view");
@@ -275,7 +285,12 @@ fn ls(layers: &LayerArgs, path: &str, recursive: bool, json: bool) -> Result<Exi
     );
     let emit = |out: &mut dyn Write, p: &[u8], m: &Merged| -> io::Result<()> {
         if json {
-            writeln!(out, "{}", report::json_entry(&stack, p, m))
+            let mut v = report::json_entry(&stack, p, m);
+            if sha256 && stack.rec(m.top).kind() == libc::S_IFREG {
+                let digest = report::content_sha256(&stack, m.top)?;
+                v["sha256"] = digest.into();
+            }
+            writeln!(out, "{v}")
         } else {
             writeln!(out, "{}", report::human_line(&stack, p, m))
         }

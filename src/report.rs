@@ -9,12 +9,14 @@
 //! `mtime_nsec`, `layer` (0-based index in `--layers`, bottom first), and when
 //! they apply: `link` (symlink target), `rdev` ([major, minor]), `nlink` (regular
 //! files), `xattrs` ({name: value}, value as text if it is printable UTF-8, else
-//! "0x" + hex), `opaque` (true on a directory that hides the layers below).
+//! "0x" + hex), `opaque` (true on a directory that hides the layers below),
+//! `implicit` (a directory the tar does not contain, made for a missing parent),
+//! and with `ls --sha256`, `sha256` (hex digest of a regular file's content).
 
 use serde_json::{json, Map, Value};
 
-use crate::stack::{Merged, Stack};
-use crate::tar::index::{F_HIDES_LOWER, F_OPAQUE};
+use crate::stack::{LayerRef, Merged, Stack};
+use crate::tar::index::{F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE};
 use crate::tar::verify::hex;
 
 /// The `type` word of an `st_mode`.
@@ -87,7 +89,29 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
     if e.is_dir() && m.top.layer.0 > 0 && (e.has(F_OPAQUE) || e.has(F_HIDES_LOWER)) {
         o.insert("opaque".into(), true.into());
     }
+    if e.has(F_IMPLICIT) {
+        o.insert("implicit".into(), true.into());
+    }
     Value::Object(o)
+}
+
+/// The sha256 (hex) of the content of the regular file `r`, read through the
+/// layer exactly as the mount reads it (holes of sparse files as zeros).
+pub fn content_sha256(stack: &Stack, r: LayerRef) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let layer = stack.layer(r.layer);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = layer.read(r.entry, off, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(hex(&h.finalize()))
 }
 
 /// `ls -l`-style permission string, e.g. `drwxr-xr-x`.

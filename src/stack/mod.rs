@@ -90,6 +90,7 @@ impl Stack {
     }
 
     /// The index holding `r`.
+    #[allow(clippy::should_implement_trait)] // not `ops::Index`: it returns a whole layer's index
     pub fn index(&self, r: LayerRef) -> &LayerIndex {
         &self.layer(r.layer).index
     }

@@ -189,12 +189,18 @@ impl<'a> Header<'a> {
     }
     /// GNU sparse header fields: the real size and the in-header map entries, and
     /// whether extension blocks follow.
-    pub fn gnu_sparse(&self) -> Result<(i64, Vec<(i64, i64)>, bool), String> {
+    pub fn gnu_sparse(&self) -> Result<GnuSparse, String> {
         let real = parse_number(&self.0[483..495]).map_err(|e| format!("realsize: {e}"))?;
         let map = parse_sparse_entries(&self.0[386..482], 4)?;
         Ok((real, map, self.0[482] != 0))
     }
 }
+
+/// Old GNU sparse header fields: (real size, map entries, extension blocks follow).
+pub type GnuSparse = (i64, Vec<(i64, i64)>, bool);
+
+/// One PAX record: (keyword, value).
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
 
 /// Parses up to `n` (offset, numbytes) pairs of 24 bytes; stops at the first empty one.
 pub fn parse_sparse_entries(area: &[u8], n: usize) -> Result<Vec<(i64, i64)>, String> {
@@ -215,7 +221,7 @@ pub fn parse_sparse_entries(area: &[u8], n: usize) -> Result<Vec<(i64, i64)>, St
 ///
 /// Record syntax (POSIX pax): `"%d %s=%s\n", <length>, <keyword>, <value>`, where the
 /// length counts the whole record including itself and the newline.
-pub fn parse_pax_records(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let mut out = Vec::new();
     let total = data.len();
     while !data.is_empty() {

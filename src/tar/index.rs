@@ -11,10 +11,13 @@
 //! Rules chosen here (the README's "Semantics" section repeats them):
 //! - Names are bytes. A leading `/` or `./` is dropped, `.` and empty components are
 //!   dropped; a name with a `..` component is dropped with a warning (GNU tar skips
-//!   such members; nothing ever escapes the layer root).
+//!   such members; nothing ever escapes the layer root), and so is one with a
+//!   component longer than [`NAME_MAX`] (no Linux file can have that name).
 //! - A later entry for the same path replaces the earlier one, subtree included,
 //!   except that a directory over a directory only updates metadata (docker's
-//!   `UnpackLayer` rule).
+//!   `UnpackLayer` rule). A directory that replaces a non-directory also hides
+//!   the lower layers' entry ([`F_HIDES_LOWER`]): docker extracts onto the layers
+//!   below, so its `RemoveAll` of the old entry removed theirs too.
 //! - A parent that is missing becomes an implicit directory (0755, root, mtime 0);
 //!   a parent that exists but is not a directory (e.g. a symlink `lnk -> /etc`
 //!   followed by `lnk/passwd`) makes the child be dropped with a warning: symlinks
@@ -357,6 +360,9 @@ struct Builder {
     warnings: Vec<String>,
 }
 
+/// Longest name component Linux can represent (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
 /// Splits a raw tar name into normalised components, or says why it is refused.
 pub fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
     let mut out = Vec::new();
@@ -364,6 +370,7 @@ pub fn normalize(path: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
         match c {
             b"" | b"." => {}
             b".." => return Err("name has a '..' component"),
+            c if c.len() > NAME_MAX => return Err("name has a component longer than 255 bytes"),
             c => out.push(c),
         }
     }
@@ -494,6 +501,13 @@ impl Builder {
                     self.nodes[old as usize].flags |= keep;
                     return;
                 }
+                // Any other replacement: docker extracts onto the tree of the
+                // layers below, where removing the old entry (`RemoveAll`) also
+                // removed what those layers had at this path. (Only a directory
+                // can merge with them, so only a directory needs the flag.)
+                if raw.kind == Some(Kind::Dir) {
+                    flags |= F_HIDES_LOWER;
+                }
             }
             self.detach(old);
         }
@@ -607,11 +621,18 @@ impl Builder {
         idx.entries.reserve_exact(order.len());
         for &n in &order {
             let node = &nodes[n as usize];
+            // A detached hard-link target may sit in a directory that was itself
+            // replaced and has no record: hang it under the root (it has no name
+            // there; only its hard links reach it).
+            let parent = match new_id[node.parent as usize] {
+                NONE => 0,
+                p => p,
+            };
             let rec = encode(
                 &mut idx,
                 node,
                 n,
-                new_id[node.parent as usize],
+                parent,
                 first_child[n as usize],
                 node.target.map(|t| new_id[t as usize]),
                 nlink[n as usize],

@@ -21,6 +21,8 @@ use super::header::{self, is_zero_block, padded, Header, BLOCK};
 pub const MAX_EXTENSION: u64 = 16 << 20;
 
 /// Positional reads, so scanning and serving never share a file cursor.
+// `len` is the input's length (fallible), not a container's: no `is_empty`.
+#[allow(clippy::len_without_is_empty)]
 pub trait ReadAt: Sync {
     /// Reads up to `buf.len()` bytes at `off`; returns 0 only at end of input.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
@@ -250,15 +252,21 @@ pub fn scan<R: ReadAt + ?Sized>(r: &R) -> Res<Scan> {
     loop {
         let off = pos;
         let Some(block) = w.block(off)? else {
-            if pend.first_off.is_some() {
-                return corrupt(off, "truncated: archive ends after an extension header");
+            if let Some(first) = pend.first_off {
+                warn(
+                    &mut out,
+                    format!("offset {first}: extension header with no entry after it (ignored)"),
+                );
             }
             out.end_off = off;
             return Ok(out);
         };
         if is_zero_block(&block) {
             if let Some(first) = pend.first_off {
-                return corrupt(first, "extension header followed by end of archive");
+                warn(
+                    &mut out,
+                    format!("offset {first}: extension header with no entry after it (ignored)"),
+                );
             }
             out.end_off = off;
             return Ok(out);
@@ -272,7 +280,7 @@ pub fn scan<R: ReadAt + ?Sized>(r: &R) -> Res<Scan> {
         }
         let hsize = hsize as u64;
         match tf {
-            b'x' | b'g' | b'L' | b'K' | b'N' | b'V' => {
+            b'x' | b'X' | b'g' | b'L' | b'K' | b'N' | b'V' => {
                 if hsize > MAX_EXTENSION {
                     return corrupt(
                         off,
@@ -293,14 +301,16 @@ pub fn scan<R: ReadAt + ?Sized>(r: &R) -> Res<Scan> {
                 }
                 let data = w.bytes(data_off, hsize)?;
                 match tf {
-                    b'x' | b'g' => {
+                    b'x' | b'X' | b'g' => {
                         let recs = header::parse_pax_records(&data)
                             .or_else(|e| corrupt(off, format!("PAX header: {e}")))?;
                         if tf == b'g' {
                             merge_global(&mut global, recs);
                             continue;
                         }
-                        pend.pax.extend(recs);
+                        // Several 'x' headers in a row: the last one applies (as GNU
+                        // tar and Go's archive/tar read them).
+                        pend.pax = recs;
                     }
                     b'L' => pend.long_name = Some(header::cstr(&data).to_vec()),
                     _ => pend.long_link = Some(header::cstr(&data).to_vec()),
@@ -411,12 +421,24 @@ fn entry<R: ReadAt + ?Sized>(
     let mut size = hsize;
     let mut sparse = SparseInfo::default();
     for (k, v) in global.iter().chain(p.pax.iter()) {
-        apply_pax(&mut e, &mut size, &mut sparse, k, v).map_err(|m| {
-            ScanError::Corrupt(
-                p.first_off.unwrap_or(off),
-                format!("PAX record {}: {m}", header::show(k)),
-            )
-        })?;
+        if let Err(m) = apply_pax(&mut e, &mut size, &mut sparse, k, v) {
+            let at = p.first_off.unwrap_or(off);
+            let msg = format!("PAX record {}: {m}", header::show(k));
+            // A bad time or owner only loses that value (GNU tar warns and keeps
+            // the ustar header's); anything that changes where data or names
+            // are (path, size, sparse maps) refuses the layer.
+            if matches!(
+                k.as_slice(),
+                b"mtime" | b"uid" | b"gid" | b"SCHILY.devmajor" | b"SCHILY.devminor"
+            ) {
+                warn(
+                    out,
+                    format!("offset {at}: {msg}; the header's value is used"),
+                );
+                continue;
+            }
+            return corrupt(at, msg);
+        }
     }
     let mut data_off = off + BLOCK;
     let member_hdr = off;
@@ -536,7 +558,7 @@ fn read_sparse_map_1_0<R: ReadAt + ?Sized>(
             .ok_or("sparse 1.0 map truncated")?;
         used += BLOCK;
         for &c in b.iter() {
-            if want.is_some_and(|n| nums.len() as u64 >= 1 + 2 * n) {
+            if want.is_some_and(|n| nums.len() as u64 > 2 * n) {
                 break;
             }
             if c == b'\n' {

@@ -1,0 +1,322 @@
+//! The `unionfs` command as a user runs it: ls/index/verify on the sample image,
+//! errors for bad input, and the mount lifecycle (returns once live, umount,
+//! signals, failures leave nothing mounted). The mount tests need root and FUSE.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_unionfs");
+
+fn unionfs(args: &[&str], cache: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unionfs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The sample image in a temp dir: (dir guard, "base:app:fix" with full paths).
+fn sample() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("image");
+    let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/sample-image"))
+        .arg(&img)
+        .output()
+        .expect("tools/sample-image (needs python3)");
+    assert!(out.status.success(), "sample-image: {}", stderr(&out));
+    let layers = ["base.tar", "app.tar", "fix.tar"]
+        .iter()
+        .map(|l| img.join(l).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    (dir, layers)
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+#[test]
+fn ls_shows_the_merged_sample_image() {
+    let (dir, layers) = sample();
+    let o = unionfs(&["ls", "--layers", &layers, "-R", "--json"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = json_lines(&o);
+    let find = |p: &str| rows.iter().find(|r| r["path"] == p).cloned();
+    assert!(find("/etc/hostname").is_none(), "whited out in app.tar");
+    assert!(
+        find("/usr/share/doc").is_none(),
+        "directory whited out in fix.tar"
+    );
+    assert!(find("/usr/share/doc/README").is_none());
+    let apt: Vec<_> = rows
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/var/cache/apt/"))
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        apt,
+        ["/var/cache/apt/fresh.bin"],
+        "opaque dir hides base's files"
+    );
+    assert_eq!(find("/etc/motd").unwrap()["layer"], 1);
+    assert_eq!(find("/etc/passwd").unwrap()["layer"], 0);
+    assert_eq!(find("/app/config.json").unwrap()["layer"], 2);
+    assert!(rows
+        .iter()
+        .all(|r| !r["path"].as_str().unwrap().contains(".wh.")));
+    // Paths are in depth-first name order, root first.
+    assert_eq!(rows[0]["path"], "/");
+    // Non-recursive listing of a directory: its children only.
+    let o = unionfs(&["ls", "--layers", &layers, "/etc"], dir.path());
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(
+        text.contains("/etc/motd") && text.contains("app.tar"),
+        "{text}"
+    );
+    assert!(!text.contains("/etc/hostname"));
+}
+
+#[test]
+fn ls_of_a_missing_path_fails_clearly() {
+    let (dir, layers) = sample();
+    let o = unionfs(&["ls", "--layers", &layers, "/etc/hostname"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("/etc/hostname: no such file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn index_is_built_once_then_loaded() {
+    let (dir, layers) = sample();
+    let base = layers.split(':').next().unwrap();
+    let first = unionfs(&["index", base], dir.path());
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stdout(&first).contains("scanned in"), "{}", stdout(&first));
+    let second = unionfs(&["index", base], dir.path());
+    assert!(stdout(&second).contains("loaded in"), "{}", stdout(&second));
+    assert!(stdout(&second).contains(&dir.path().join("unionfs").display().to_string()));
+    let rebuilt = unionfs(&["index", "--rebuild", base], dir.path());
+    assert!(stdout(&rebuilt).contains("scanned in"));
+}
+
+#[test]
+fn verify_checks_the_diff_id() {
+    let (dir, layers) = sample();
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("image/config.json")).unwrap())
+            .unwrap();
+    for (i, l) in layers.split(':').enumerate() {
+        let want = cfg["rootfs"]["diff_ids"][i].as_str().unwrap();
+        let ok = unionfs(&["verify", l, "--diff-id", want], dir.path());
+        assert!(ok.status.success(), "{}", stderr(&ok));
+        assert!(stdout(&ok).contains("diff_id matches"));
+    }
+    let base = layers.split(':').next().unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let bad = unionfs(&["verify", base, "--diff-id", &wrong], dir.path());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("digest mismatch"), "{}", stderr(&bad));
+    let malformed = unionfs(&["verify", base, "--diff-id", "sha256:xyz"], dir.path());
+    assert_eq!(malformed.status.code(), Some(1));
+    assert!(stderr(&malformed).contains("64 hex"));
+}
+
+#[test]
+fn bad_layers_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("layer.tar.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+    let empty = dir.path().join("empty.tar");
+    std::fs::write(&empty, b"").unwrap();
+    let missing = dir.path().join("missing.tar");
+    let cases: [(&Path, &str); 4] = [
+        (&gz, "gzip-compressed"),
+        (&empty, "empty"),
+        (&missing, "No such file"),
+        (dir.path(), "is a directory"),
+    ];
+    for (p, want) in cases {
+        let ps = p.display().to_string();
+        let o = unionfs(&["ls", "--layers", &ps], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{ps}");
+        let e = stderr(&o);
+        assert!(e.contains(&ps) && e.contains(want), "{ps}: {e}");
+        assert!(!e.contains("panicked"));
+    }
+    let o = unionfs(&["ls", "--layers", "a.tar::b.tar"], dir.path());
+    assert!(stderr(&o).contains("empty layer name"));
+}
+
+// ---------------------------------------------------------------------------
+// Mount lifecycle (root + FUSE)
+
+fn is_mounted(p: &Path) -> bool {
+    let p = p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount for real (modprobe fuse)"
+    );
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn mount_returns_once_live_and_umount_unmounts() {
+    require_fuse();
+    let (dir, layers) = sample();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let m = mnt.display().to_string();
+    let o = unionfs(&["mount", "--layers", &layers, &m], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(is_mounted(&mnt), "mounted when the command returns");
+    let motd = std::fs::read_to_string(mnt.join("etc/motd")).unwrap();
+    assert!(motd.contains("app layer"), "{motd}");
+    assert!(!mnt.join("etc/hostname").exists());
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info.lines().find(|l| l.contains(&m)).unwrap();
+    for opt in ["ro", "nosuid", "nodev", "default_permissions"] {
+        assert!(line.contains(opt), "{opt} missing: {line}");
+    }
+    let again = unionfs(&["mount", "--layers", &layers, &m], dir.path());
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already a mount point"),
+        "{}",
+        stderr(&again)
+    );
+    let u = unionfs(&["umount", &m], dir.path());
+    assert!(u.status.success(), "{}", stderr(&u));
+    assert!(!is_mounted(&mnt));
+    let u2 = unionfs(&["umount", &m], dir.path());
+    assert!(stderr(&u2).contains("not mounted"));
+}
+
+#[test]
+fn mount_failures_leave_nothing_mounted() {
+    require_fuse();
+    let (dir, layers) = sample();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let m = mnt.display().to_string();
+    let missing_mp = dir.path().join("nope").display().to_string();
+    let o = unionfs(&["mount", "--layers", &layers, &missing_mp], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    let bad = dir.path().join("bad.tar");
+    std::fs::write(&bad, vec![7u8; 1024]).unwrap();
+    let with_bad = format!("{layers}:{}", bad.display());
+    let o = unionfs(&["mount", "--layers", &with_bad, &m], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bad.tar"), "{}", stderr(&o));
+    assert!(!is_mounted(&mnt));
+    let o = unionfs(
+        &["mount", "-o", "bogus", "--layers", &layers, &m],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bogus"));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn foreground_mount_unmounts_on_sigterm() {
+    require_fuse();
+    let (dir, layers) = sample();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let mut child = Command::new(BIN)
+        .args(["mount", "-f", "--layers", &layers])
+        .arg(&mnt)
+        .env("XDG_CACHE_HOME", dir.path())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "mount did not appear"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "mount -f exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mnt.join("etc/passwd").exists());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn fusermount3_unmount_ends_the_server() {
+    require_fuse();
+    let (dir, layers) = sample();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let mut child = Command::new(BIN)
+        .args(["mount", "-f", "--layers", &layers])
+        .arg(&mnt)
+        .env("XDG_CACHE_HOME", dir.path())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "mount did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "server kept running after unmount"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&mnt));
+}

@@ -1,0 +1,50 @@
+//! The 102 edge-case archives of `../shared/testdata/tar-corpus`, indexed and
+//! listed by unionfs, compared with what GNU tar extracts (`tools/corpus-check`,
+//! which holds the list of deliberate differences and their reasons).
+//!
+//! Needs root (GNU tar restores owners and devices only as root), python3 and
+//! GNU tar. A clone without `../shared` skips, saying so loudly.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn corpus_matches_gnu_tar() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let corpus = root.join("../shared/testdata/tar-corpus");
+    if !corpus.is_dir() {
+        eprintln!(
+            "\n*** SKIPPED corpus_matches_gnu_tar: {} is missing (it lives beside the \
+             checkout in ../shared) ***\n",
+            corpus.display()
+        );
+        return;
+    }
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the corpus test compares owners and devices with GNU tar's extraction: run as root"
+    );
+    let out = Command::new(root.join("tools/corpus-check"))
+        .arg(env!("CARGO_BIN_EXE_unionfs"))
+        .arg(&corpus)
+        .output()
+        .expect("run tools/corpus-check (needs python3)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("FAIL") || l.starts_with("     "))
+        .collect();
+    assert!(
+        out.status.success(),
+        "corpus-check failed:\n{}\n{}\n{}",
+        failures.join("\n"),
+        text.lines().last().unwrap_or(""),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = text.lines().last().unwrap_or("");
+    assert!(
+        summary.ends_with(" 0 failed"),
+        "unexpected summary: {summary}"
+    );
+}
