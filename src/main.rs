@@ -2,7 +2,7 @@
 //! to exit codes (0 success, 1 failure, 2 usage).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -431,7 +431,7 @@ fn print_index_summary(layer: &TarLayer, total: std::time::Duration) -> Result<(
     Ok(())
 }
 
-fn verify_cmd(tar_path: &PathBuf, diff_id: Option<&str>, cache: &CacheArgs) -> Result<ExitCode> {
+fn verify_cmd(tar_path: &Path, diff_id: Option<&str>, cache: &CacheArgs) -> Result<ExitCode> {
     if let Some(d) = diff_id {
         let hexpart = d.strip_prefix("sha256:").unwrap_or("");
         if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -452,7 +452,7 @@ fn verify_cmd(tar_path: &PathBuf, diff_id: Option<&str>, cache: &CacheArgs) -> R
     if let Some(want) = diff_id {
         if !want.eq_ignore_ascii_case(&r.digest) {
             return Err(unionfs::Error::DigestMismatch {
-                path: tar_path.clone(),
+                path: tar_path.to_owned(),
                 expected: want.to_owned(),
                 actual: r.digest,
             }
