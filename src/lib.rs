@@ -29,6 +29,7 @@ pub mod inode;
 pub mod mount;
 pub mod report;
 pub mod stack;
+pub mod sys;
 pub mod tar;
 pub mod whiteout;
 

@@ -1,0 +1,450 @@
+//! Every `unsafe` libc call of the crate, as safe `io::Result` functions.
+//!
+//! All path-taking calls are the `*at()` forms relative to a directory fd and
+//! take a single name component, never a path: the upper directory is walked one
+//! component at a time with `O_NOFOLLOW`, so no symlink (in the merged view or in
+//! the upper directory itself) can make an operation land outside it.
+//! `O_CLOEXEC` is always added to opens.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A validated single name component as a C string.
+///
+/// Refuses `""`, `"."`, `".."`, and names containing `/` or NUL with `EINVAL`.
+pub fn name(n: &[u8]) -> io::Result<CString> {
+    if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    CString::new(n).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn retry<F: FnMut() -> libc::c_int>(mut f: F) -> io::Result<libc::c_int> {
+    loop {
+        match check(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.
+pub fn openat(dir: BorrowedFd<'_>, n: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = name(n)?;
+    let fd = retry(|| unsafe {
+        // SAFETY: c is a valid C string; dir is a live fd.
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: openat returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a directory by absolute or relative path (the upper root only).
+pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fd = retry(|| unsafe {
+        // SAFETY: c is a valid C string.
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn statat(dir: BorrowedFd<'_>, n: &[u8]) -> io::Result<libc::stat> {
+    let c = name(n)?;
+    // SAFETY: zeroed stat is a valid out buffer; c and dir are valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    retry(|| unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: as above.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    retry(|| unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, n: &[u8], mode: u32) -> io::Result<()> {
+    let c = name(n)?;
+    // SAFETY: valid C string and fd.
+    retry(|| unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `mknodat(dir, name, mode, dev)`.
+pub fn mknodat(dir: BorrowedFd<'_>, n: &[u8], mode: u32, dev: u64) -> io::Result<()> {
+    let c = name(n)?;
+    // SAFETY: valid C string and fd.
+    retry(|| unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            dev as libc::dev_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &[u8], dir: BorrowedFd<'_>, n: &[u8]) -> io::Result<()> {
+    let c = name(n)?;
+    let t = CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C strings and fd.
+    retry(|| unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
+    Ok(())
+}
+
+/// `linkat(old_dir, old, new_dir, new, 0)` (never follows a symlink).
+pub fn linkat(
+    old_dir: BorrowedFd<'_>,
+    old: &[u8],
+    new_dir: BorrowedFd<'_>,
+    new: &[u8],
+) -> io::Result<()> {
+    let (o, n) = (name(old)?, name(new)?);
+    // SAFETY: valid C strings and fds.
+    retry(|| unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// `unlinkat(dir, name, flags)` (`libc::AT_REMOVEDIR` for directories).
+pub fn unlinkat(dir: BorrowedFd<'_>, n: &[u8], flags: i32) -> io::Result<()> {
+    let c = name(n)?;
+    // SAFETY: valid C string and fd.
+    retry(|| unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `renameat2(old_dir, old, new_dir, new, flags)` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`...).
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old: &[u8],
+    new_dir: BorrowedFd<'_>,
+    new: &[u8],
+    flags: u32,
+) -> io::Result<()> {
+    let (o, n) = (name(old)?, name(new)?);
+    // SAFETY: valid C strings and fds.
+    retry(|| unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves one unchanged.
+pub fn lchownat(dir: BorrowedFd<'_>, n: &[u8], uid: u32, gid: u32) -> io::Result<()> {
+    let c = name(n)?;
+    // SAFETY: valid C string and fd.
+    retry(|| unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// `fchown(fd, uid, gid)`.
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    retry(|| unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    Ok(())
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    retry(|| unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)`; `None` = `UTIME_OMIT`.
+pub fn lutimensat(
+    dir: BorrowedFd<'_>,
+    n: &[u8],
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> io::Result<()> {
+    let c = name(n)?;
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    // SAFETY: valid C string, fd and a two-element array.
+    retry(|| unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// `readlinkat(dir, name)`.
+pub fn readlinkat(dir: BorrowedFd<'_>, n: &[u8]) -> io::Result<Vec<u8>> {
+    let c = name(n)?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes.
+        let r = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = r as usize;
+        if r < buf.len() {
+            buf.truncate(r);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// `fsetxattr(fd, name, value, flags)`.
+pub fn fsetxattr(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+    let k = CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid fd, C string and value buffer.
+    retry(|| unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// `fgetxattr(fd, name)`: the whole value.
+pub fn fgetxattr(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<Vec<u8>> {
+    let k = CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    sized(|buf: &mut [u8]| unsafe {
+        // SAFETY: buf is writable for its length (0 = size query with a null pointer).
+        libc::fgetxattr(fd.as_raw_fd(), k.as_ptr(), buf_ptr(buf), buf.len())
+    })
+}
+
+/// `flistxattr(fd)`: NUL-separated names.
+pub fn flistxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    sized(|buf: &mut [u8]| unsafe {
+        // SAFETY: as above.
+        libc::flistxattr(fd.as_raw_fd(), buf_ptr(buf).cast(), buf.len())
+    })
+}
+
+/// `fremovexattr(fd, name)`.
+pub fn fremovexattr(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let k = CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid fd and C string.
+    retry(|| unsafe { libc::fremovexattr(fd.as_raw_fd(), k.as_ptr()) })?;
+    Ok(())
+}
+
+fn buf_ptr(buf: &mut [u8]) -> *mut libc::c_void {
+    if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    }
+}
+
+/// Calls a "size query, then fill" style function until the value fits.
+fn sized<F: FnMut(&mut [u8]) -> libc::ssize_t>(mut f: F) -> io::Result<Vec<u8>> {
+    loop {
+        let n = f(&mut []);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; n as usize];
+        let m = f(&mut buf);
+        if m < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue; // grew between the two calls
+            }
+            return Err(e);
+        }
+        buf.truncate(m as usize);
+        return Ok(buf);
+    }
+}
+
+/// The names in directory `fd` (excluding `.` and `..`), read with `getdents64`
+/// on a duplicate of the fd so the caller's offset is untouched.
+pub fn read_dir_names(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
+    let dup = fd.try_clone_to_owned()?;
+    // Reopen "." to get an independent file offset.
+    let own = openat_dot(dup.as_raw_fd())?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: buf is writable for its length; own is a directory fd.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                own.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut at = 0usize;
+        while at < n as usize {
+            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let dtype = buf[at + 18];
+            let name_bytes = &buf[at + 19..at + reclen];
+            let end = name_bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(name_bytes.len());
+            let nm = &name_bytes[..end];
+            if nm != b"." && nm != b".." {
+                out.push((nm.to_vec(), dtype));
+            }
+            at += reclen.max(1);
+        }
+    }
+}
+
+fn openat_dot(dir: RawFd) -> io::Result<OwnedFd> {
+    let fd = retry(|| unsafe {
+        // SAFETY: "." is a valid C string; dir is a live directory fd.
+        libc::openat(
+            dir,
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: valid fd.
+    retry(|| unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn names_are_single_components() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
+            assert_eq!(name(bad).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        }
+        assert!(name(b".wh.x").is_ok());
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("etc")).unwrap();
+        let root = open_dir_path(d.path()).unwrap();
+        // With O_DIRECTORY the kernel says ENOTDIR, without it ELOOP: never /etc.
+        let e = openat(root.as_fd(), b"etc", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+        let e = openat(root.as_fd(), b"etc", libc::O_RDONLY, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        let st = statat(root.as_fd(), b"etc").unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert_eq!(readlinkat(root.as_fd(), b"etc").unwrap(), b"/etc");
+    }
+
+    #[test]
+    fn lists_and_renames() {
+        let d = tempfile::tempdir().unwrap();
+        let root = open_dir_path(d.path()).unwrap();
+        mkdirat(root.as_fd(), b"a", 0o755).unwrap();
+        symlinkat(b"x", root.as_fd(), b"l").unwrap();
+        renameat2(root.as_fd(), b"a", root.as_fd(), b"b", 0).unwrap();
+        let e = renameat2(
+            root.as_fd(),
+            b"l",
+            root.as_fd(),
+            b"b",
+            libc::RENAME_NOREPLACE,
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        let mut names = read_dir_names(root.as_fd()).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![(b"b".to_vec(), libc::DT_DIR), (b"l".to_vec(), libc::DT_LNK)]
+        );
+    }
+}
