@@ -5,6 +5,7 @@
 //! extracted. This module knows nothing of unions: whiteouts are recorded as
 //! entries, interpreted by `stack/`.
 
+pub mod build;
 pub mod header;
 pub mod index;
 pub mod persist;
@@ -241,9 +242,10 @@ fn read_sparse(
     Ok(())
 }
 
-/// Scans and indexes `file` (the tar at `path`).
+/// Scans and indexes `file` (the tar at `path`), entry by entry.
 pub fn build_index(path: &Path, file: &File, size: u64) -> Result<LayerIndex> {
-    let scanned = scan::scan(file).map_err(|e| match e {
+    let mut b = build::Builder::new();
+    let scanned = scan::scan_with(file, |raw| b.add(raw)).map_err(|e| match e {
         scan::ScanError::Io(e) => Error::io(path, e),
         scan::ScanError::Corrupt(0, reason) if reason.contains("checksum") => Error::NotATar {
             path: path.to_owned(),
@@ -255,7 +257,7 @@ pub fn build_index(path: &Path, file: &File, size: u64) -> Result<LayerIndex> {
             reason,
         },
     })?;
-    Ok(index::build(scanned, size))
+    Ok(b.finish(scanned.members, scanned.end_off, size, scanned.warnings))
 }
 
 fn store(f: &Path, index: &LayerIndex, id: &TarIdentity) -> io::Result<()> {

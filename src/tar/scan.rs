@@ -236,8 +236,18 @@ pub struct Scan {
     pub warnings: Vec<String>,
 }
 
-/// Scans `r` completely.
+/// Scans `r` completely, collecting every entry in [`Scan::entries`].
 pub fn scan<R: ReadAt + ?Sized>(r: &R) -> Res<Scan> {
+    let mut entries = Vec::new();
+    let mut out = scan_with(r, |e| entries.push(e))?;
+    out.entries = entries;
+    Ok(out)
+}
+
+/// Scans `r` completely, handing each entry to `each` as soon as it is read
+/// (so that indexing a huge layer never holds all raw entries at once);
+/// [`Scan::entries`] stays empty.
+pub fn scan_with<R: ReadAt + ?Sized, F: FnMut(RawEntry)>(r: &R, mut each: F) -> Res<Scan> {
     let len = r.len()?;
     let mut w = Window {
         r,
@@ -327,7 +337,7 @@ pub fn scan<R: ReadAt + ?Sized>(r: &R) -> Res<Scan> {
                 let p = std::mem::take(&mut pend);
                 let (e, next) = entry(&mut w, &h, off, hsize, &global, p, &mut out)?;
                 pos = next;
-                out.entries.push(e);
+                each(e);
             }
         }
     }
