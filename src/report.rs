@@ -86,7 +86,11 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
             .collect();
         o.insert("xattrs".into(), xs.into());
     }
-    if e.is_dir() && m.top.layer.0 > 0 && (e.has(F_OPAQUE) || e.has(F_HIDES_LOWER)) {
+    if e.is_dir()
+        && m.top.entry.0 != 0
+        && m.top.layer.0 > 0
+        && (e.has(F_OPAQUE) || e.has(F_HIDES_LOWER))
+    {
         o.insert("opaque".into(), true.into());
     }
     if e.has(F_IMPLICIT) {

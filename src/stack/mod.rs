@@ -18,7 +18,8 @@
 //! - a directory merges with same-named directories below it, until a layer whose
 //!   directory is opaque (`.wh..wh..opq`) or whited-out below, or a layer where the
 //!   name is not a directory ("a non-directory stops the merge");
-//! - whiteout and opaque markers are never listed.
+//! - whiteout and opaque markers are never listed;
+//! - the root always merges every layer (overlayfs ignores opacity on a layer root).
 
 mod readdir;
 
@@ -107,18 +108,19 @@ impl Stack {
     }
 
     /// The merged root directory.
+    ///
+    /// Every layer's root takes part: an opaque marker at the top of a layer tar
+    /// (`.wh..wh..opq` in the root) is ignored, as overlayfs ignores
+    /// `trusted.overlay.opaque` on a layer's root directory (docker's overlay2 and
+    /// containerd turn the marker into exactly that xattr).
     pub fn root(&self) -> Merged {
-        let mut dirs = Vec::new();
-        for l in (0..self.layers.len()).rev() {
-            let r = LayerRef {
+        let dirs: Vec<LayerRef> = (0..self.layers.len())
+            .rev()
+            .map(|l| LayerRef {
                 layer: LayerId(l as u16),
                 entry: EntryId::ROOT,
-            };
-            dirs.push(r);
-            if stops_below(self.index(r).entry(EntryId::ROOT)) {
-                break;
-            }
-        }
+            })
+            .collect();
         if dirs.is_empty() {
             // No layers at all: an empty root. Callers always pass at least one.
             return Merged {

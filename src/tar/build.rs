@@ -331,7 +331,13 @@ impl Builder {
                 }
             }
             // Anything else replaces the old entry and its subtree (the subtree
-            // becomes unreachable: `finish` only walks from live parents).
+            // becomes unreachable: `finish` only walks from live parents). docker
+            // extracts onto the layers below, where that `RemoveAll` removed what
+            // they had at this path too: a directory put here must not merge with
+            // them. (Non-directories never merge, so only a directory needs it.)
+            if rec.is_dir() {
+                rec.flags |= F_HIDES_LOWER;
+            }
             self.nodes[old as usize].live = false;
         }
         self.insert(parent, name, rec, target);
