@@ -11,22 +11,24 @@
 //! tar with no lock held.
 
 pub mod attr;
-mod handles;
 
 use std::ffi::OsStr;
+use std::num::NonZeroUsize;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lru::LruCache;
+use parking_lot::Mutex;
+
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::inode::{self, DirNode, Inodes, ROOT};
 use crate::stack::{DirEntry, LayerRef, Merged, Stack};
-use handles::DirHandles;
 
 /// How long the kernel may cache names and attributes of layer content.
 /// Layers are immutable for the life of the mount, so this is long.
@@ -35,12 +37,26 @@ pub const LAYER_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest read the kernel may send (and readahead we ask for).
 pub const MAX_READ: u32 = 1 << 20;
 
+/// How many merged directory listings are kept (LRU) between readdir calls.
+const LISTINGS: usize = 256;
+
 /// The union filesystem as fuser sees it.
-#[derive(Debug)]
 pub struct UnionFs {
     stack: Arc<Stack>,
     inodes: Inodes,
-    dirs: DirHandles,
+    /// Recently read merged listings by directory inode. A listing of a read-only
+    /// union never changes, so offsets index into it for as long as it exists,
+    /// and rebuilding an evicted one gives the same listing again.
+    listings: Mutex<LruCache<u64, Arc<[DirEntry]>>>,
+}
+
+impl std::fmt::Debug for UnionFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnionFs")
+            .field("layers", &self.stack.layers().len())
+            .field("cached_dirs", &self.inodes.cached_dirs())
+            .finish()
+    }
 }
 
 /// What an inode number refers to.
@@ -56,7 +72,9 @@ impl UnionFs {
         UnionFs {
             stack,
             inodes,
-            dirs: DirHandles::default(),
+            listings: Mutex::new(LruCache::new(
+                NonZeroUsize::new(LISTINGS).expect("non-zero"),
+            )),
         }
     }
 
@@ -133,8 +151,15 @@ impl UnionFs {
         (ino, attr::of(&self.stack, top, ino, nlink))
     }
 
-    fn listing(&self, fh: FileHandle) -> Result<Arc<[DirEntry]>, Errno> {
-        self.dirs.get(fh.0).ok_or(Errno::EBADF)
+    /// The merged listing of directory `ino` (cached).
+    fn listing(&self, ino: u64, dir: &DirNode) -> Arc<[DirEntry]> {
+        if let Some(l) = self.listings.lock().get(&ino) {
+            return l.clone();
+        }
+        // Built without the lock held: two threads may both build it; same result.
+        let list: Arc<[DirEntry]> = self.stack.read_dir(&dir.merged).into();
+        self.listings.lock().put(ino, list.clone());
+        list
     }
 }
 
@@ -198,14 +223,11 @@ impl Filesystem for UnionFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         log::trace!(target: "unionfs::fuse", "open({}, {:#o})", ino.0, flags.0);
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.node(ino) {
-            Ok(Node::Other(_)) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok(Node::Dir(_)) => reply.error(Errno::EISDIR),
-            Err(e) => reply.error(e),
-        }
+        // Nothing to set up per open file, and layer content never changes: ENOSYS
+        // makes the kernel stop sending OPEN/RELEASE and open every file with
+        // FOPEN_KEEP_CACHE (FUSE "zero-message open", kernel 3.19+). Writes never
+        // get here: the mount is read-only, so the VFS says EROFS first.
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -236,31 +258,28 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.dir(ino) {
-            Ok(d) => {
-                let list: Arc<[DirEntry]> = self.stack.read_dir(&d.merged).into();
-                let fh = self.dirs.insert(list);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Err(e) => reply.error(e),
-        }
+        log::trace!(target: "unionfs::fuse", "opendir({})", ino.0);
+        // As for open: no per-handle state; the kernel then also caches listings
+        // (FOPEN_CACHE_DIR), so a directory is read from us once.
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         log::trace!(target: "unionfs::fuse", "readdir({}, {offset})", ino.0);
-        let (dir, list) = match (self.dir(ino), self.listing(fh)) {
-            (Ok(d), Ok(l)) => (d, l),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        let dir = match self.dir(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
         };
-        // Offsets: 1 = ".", 2 = "..", 3 + i = list[i]. The listing is a snapshot
-        // taken at opendir, so an offset means the same entry for the handle's life.
+        let list = self.listing(ino.0, &dir);
+        // Offsets: 1 = ".", 2 = "..", 3 + i = list[i]; the listing of a read-only
+        // union never changes, so an offset always means the same entry.
         let mut off = offset;
         while off < 2 {
             let (name, ino2) = if off == 0 {
@@ -293,15 +312,16 @@ impl Filesystem for UnionFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         log::trace!(target: "unionfs::fuse", "readdirplus({}, {offset})", ino.0);
-        let (dir, list) = match (self.dir(ino), self.listing(fh)) {
-            (Ok(d), Ok(l)) => (d, l),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        let dir = match self.dir(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
         };
+        let list = self.listing(ino.0, &dir);
         let mut off = offset;
         while off < 2 {
             let (name, ino2) = if off == 0 {
@@ -349,18 +369,6 @@ impl Filesystem for UnionFs {
                 break;
             }
         }
-        reply.ok()
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs.remove(fh.0);
         reply.ok()
     }
 

@@ -331,13 +331,10 @@ impl Builder {
                 }
             }
             // Anything else replaces the old entry and its subtree (the subtree
-            // becomes unreachable: `finish` only walks from live parents). docker
-            // extracts onto the layers below, where that `RemoveAll` removed what
-            // they had at this path too: a directory put here must not merge with
-            // them. (Non-directories never merge, so only a directory needs it.)
-            if rec.is_dir() {
-                rec.flags |= F_HIDES_LOWER;
-            }
+            // becomes unreachable: `finish` only walks from live parents). The
+            // replacement does not hide the lower layers' entry: docker's overlay2
+            // and containerd extract each layer into its own directory, so a
+            // directory that ends up here merges with the ones below as usual.
             self.nodes[old as usize].live = false;
         }
         self.insert(parent, name, rec, target);

@@ -15,9 +15,11 @@
 //!   component longer than [`NAME_MAX`] (no Linux file can have that name).
 //! - A later entry for the same path replaces the earlier one, subtree included,
 //!   except that a directory over a directory only updates metadata (docker's
-//!   `UnpackLayer` rule). A directory that replaces a non-directory also hides
-//!   the lower layers' entry ([`F_HIDES_LOWER`]): docker extracts onto the layers
-//!   below, so its `RemoveAll` of the old entry removed theirs too.
+//!   `UnpackLayer` rule). The replacement stays inside the layer: a directory
+//!   that replaced a file still merges with the lower layers' directory, as with
+//!   docker's overlay2 and containerd, which extract each layer on its own (a
+//!   runtime that extracts onto the merged tree, like docker's vfs, would have
+//!   removed the lower one too).
 //! - A parent that is missing becomes an implicit directory (0755, root, mtime 0);
 //!   a parent that exists but is not a directory (e.g. a symlink `lnk -> /etc`
 //!   followed by `lnk/passwd`) makes the child be dropped with a warning: symlinks
