@@ -25,7 +25,7 @@ pub enum Class<'a> {
     Opaque,
     /// `.wh..wh.*` other than the opaque marker (aufs bookkeeping): ignored.
     Meta,
-    /// `.wh.` with nothing after it: meaningless, ignored.
+    /// `.wh.` with nothing after it, or `.wh..` / `.wh...`: names no sibling.
     Empty,
 }
 
@@ -36,7 +36,7 @@ pub fn classify(name: &[u8]) -> Class<'_> {
     } else if name.starts_with(META_PREFIX) {
         Class::Meta
     } else if let Some(t) = name.strip_prefix(PREFIX) {
-        if t.is_empty() {
+        if t.is_empty() || t == b"." || t == b"..".as_slice() {
             Class::Empty
         } else {
             Class::Whiteout(t)
@@ -65,6 +65,8 @@ mod tests {
             (b".wh..wh.plnk", Class::Meta),
             (b".wh..wh.aufs", Class::Meta),
             (b".wh.", Class::Empty),
+            (b".wh..", Class::Empty),
+            (b".wh...", Class::Empty),
             (b".wh..hidden", Class::Whiteout(b".hidden")),
             (b"x.wh.y", Class::Plain),
             (b".wh", Class::Plain),

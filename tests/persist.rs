@@ -326,3 +326,23 @@ fn index_path_taken_by_a_directory_still_works() {
     assert_eq!(l.source.file, None, "could not store over a directory");
     assert!(l.source.rejected.is_some());
 }
+
+#[test]
+fn rewrite_within_the_same_clock_tick_is_caught_by_the_racy_checksum() {
+    // No sleep this time: the fixture's tar was written a moment ago, so its index
+    // is "racy" and carries a content checksum. Rewrite it at once, same size,
+    // mtime put back: even if the kernel gives the rewrite the same ctime tick,
+    // the checksum tells, and the old index is not served.
+    let (fx, built) = fixture();
+    let old_mtime = fs::metadata(&fx.tar).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&fx.tar).unwrap();
+    let e = built.index.entry(id(&built.index, "usr/bin/tool"));
+    bytes[e.data_off as usize] = b'Z';
+    fs::write(&fx.tar, &bytes).unwrap();
+    let f = fs::File::options().write(true).open(&fx.tar).unwrap();
+    f.set_modified(old_mtime).unwrap();
+    drop(f);
+    let l = open(&fx.tar, &opts(&fx.cache));
+    assert!(l.source.built, "a stale index was served");
+    assert_eq!(read_all(&l, id(&l.index, "usr/bin/tool")), b"Z!/bin/sh\n");
+}

@@ -269,7 +269,7 @@ impl Builder {
                 return;
             }
             Class::Meta => return, // aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs)
-            Class::Empty => return self.drop_entry(&raw, "whiteout of an empty name"),
+            Class::Empty => return self.drop_entry(&raw, "whiteout that names no sibling"),
             Class::Whiteout(target) => return self.add_whiteout(parent, target, &raw),
         }
         if raw.kind == Some(Kind::HardLink) {

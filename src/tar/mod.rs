@@ -117,6 +117,13 @@ impl TarLayer {
                 how.replace("FILE", &path.display().to_string())
             )));
         }
+        if meta.len() < 512 {
+            return Err(not_tar(format!(
+                "is {} bytes, shorter than one 512-byte tar header: not a tar archive",
+                meta.len()
+            )));
+        }
+
         let id = TarIdentity::of(&file).map_err(|e| Error::io(path, e))?;
         let index_file = opts
             .cache_dir
@@ -125,7 +132,7 @@ impl TarLayer {
         let start = Instant::now();
         let mut rejected = None;
         if let (Some(f), false) = (&index_file, opts.rebuild) {
-            match persist::load(f, &id, opts.members) {
+            match persist::load(f, &file, &id, opts.members) {
                 Ok(Ok(index)) => {
                     return Ok(TarLayer {
                         path: path.to_owned(),
@@ -149,11 +156,19 @@ impl TarLayer {
                 }
             }
         }
+        let scan_start = std::time::SystemTime::now();
         let index = build_index(path, &file, id.size)?;
         let elapsed = start.elapsed();
         let mut kept = None;
         if let Some(f) = index_file {
-            match store(&f, &index, &id) {
+            // A tar changed just before indexing is stored with a content checksum
+            // that every load verifies (its identity alone could be stale).
+            let racy_sum = if racy(&id, scan_start) {
+                persist::content_sum(&file).ok()
+            } else {
+                None
+            };
+            match store(&f, &index, &id, racy_sum) {
                 Ok(()) => kept = Some(f),
                 Err(e) => log::warn!(
                     target: "unionfs::tar",
@@ -242,6 +257,21 @@ fn read_sparse(
     Ok(())
 }
 
+/// Returns true if and only if the tar's ctime is not safely before `scan_start`.
+///
+/// Such an index is "racy" (as git calls it): a change to the tar in the same
+/// clock tick as its last one (timestamps are kernel-tick coarse), same size,
+/// mtime put back, would keep the identity the index is keyed on. 50 ms is
+/// several ticks at any HZ.
+fn racy(id: &TarIdentity, scan_start: std::time::SystemTime) -> bool {
+    let start = match scan_start.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(_) => return true,
+    };
+    let ctime = i128::from(id.ctime) * 1_000_000_000 + i128::from(id.ctime_nsec);
+    ctime > start - 50_000_000
+}
+
 /// Scans and indexes `file` (the tar at `path`), entry by entry.
 pub fn build_index(path: &Path, file: &File, size: u64) -> Result<LayerIndex> {
     let mut b = build::Builder::new();
@@ -260,14 +290,14 @@ pub fn build_index(path: &Path, file: &File, size: u64) -> Result<LayerIndex> {
     Ok(b.finish(scanned.members, scanned.end_off, size, scanned.warnings))
 }
 
-fn store(f: &Path, index: &LayerIndex, id: &TarIdentity) -> io::Result<()> {
+fn store(f: &Path, index: &LayerIndex, id: &TarIdentity, racy_sum: Option<u64>) -> io::Result<()> {
     if let Some(dir) = f.parent() {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
     }
-    persist::save(f, index, id)
+    persist::save(f, index, id, racy_sum)
 }
 
 /// Opens every layer, indexing those without a usable stored index in parallel

@@ -35,7 +35,7 @@ use super::scan::Member;
 const MAGIC: [u8; 8] = *b"UFSINDX\0";
 /// Bump whenever the layout or the indexing rules (scan.rs, index.rs) change:
 /// a stored index built by other rules must never be served.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 const BOM: u32 = 0x0102_0304;
 
 /// What makes a tar file "the same file" for the cache.
@@ -88,6 +88,9 @@ struct FileHeader {
     warnings_len: u64,
     end_off: u64,
     dropped: u64,
+    /// Non-zero: the tar changed just before it was indexed ("racy"), and this is
+    /// a checksum of its whole content, checked on every load.
+    racy_sum: u64,
     sum_entries: u64,
     sum_names: u64,
     sum_extra: u64,
@@ -101,7 +104,14 @@ fn pad8(n: u64) -> u64 {
 }
 
 /// Writes `idx` for the tar `id` to `path`, atomically (temp file + rename).
-pub fn save(path: &Path, idx: &LayerIndex, id: &TarIdentity) -> io::Result<()> {
+///
+/// `racy_sum`: see [`content_sum`]; `None` for a tar whose identity alone is proof.
+pub fn save(
+    path: &Path,
+    idx: &LayerIndex,
+    id: &TarIdentity,
+    racy_sum: Option<u64>,
+) -> io::Result<()> {
     let warnings = idx.warnings.join("\n").into_bytes();
     let entries: &[u8] = bytemuck::cast_slice(&idx.entries);
     let members: &[u8] = bytemuck::cast_slice(&idx.members);
@@ -117,6 +127,7 @@ pub fn save(path: &Path, idx: &LayerIndex, id: &TarIdentity) -> io::Result<()> {
         warnings_len: warnings.len() as u64,
         end_off: idx.end_off,
         dropped: u64::from(idx.dropped),
+        racy_sum: racy_sum.map_or(0, |v| v.max(1)),
         sum_entries: xxh3_64(entries),
         sum_names: xxh3_64(&idx.names),
         sum_extra: xxh3_64(&idx.extra),
@@ -159,12 +170,32 @@ pub fn save(path: &Path, idx: &LayerIndex, id: &TarIdentity) -> io::Result<()> {
 /// Why a stored index was not used.
 pub type Reject = String;
 
+/// A checksum of a whole tar's content (xxh3), stored for "racy" indexes.
+pub fn content_sum(f: &File) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, off)?;
+        if n == 0 {
+            return Ok(h.digest().max(1));
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+}
+
 /// Loads the index at `path` if it is intact and belongs to the tar `id`.
+///
+/// `tar` is the open tar: an index stored as racy is only accepted if the tar's
+/// content still has the checksum it had.
 ///
 /// With `members == false` the member table (only `verify` needs it) is skipped.
 /// `Ok(Err(reason))` means "no usable index here": missing, stale or corrupt.
 pub fn load(
     path: &Path,
+    tar: &File,
     id: &TarIdentity,
     members: bool,
 ) -> io::Result<Result<LayerIndex, Reject>> {
@@ -194,6 +225,9 @@ pub fn load(
     }
     if h.id != *id {
         return Ok(Err("the tar changed since it was indexed".into()));
+    }
+    if h.racy_sum != 0 && content_sum(tar)? != h.racy_sum {
+        return Ok(Err("the tar changed since it was indexed (content)".into()));
     }
     let rec = std::mem::size_of::<EntryRec>() as u64;
     let mem = std::mem::size_of::<Member>() as u64;
