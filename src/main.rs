@@ -183,9 +183,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logger(verbose: u8) {
+    // fuser warns when its own unmount finds the mount already gone (after
+    // `fusermount3 -u` or `unionfs umount`): expected, so only its errors show.
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser=error",
+        1 => "info,fuser=warn",
         2 => "debug",
         _ => "trace",
     };
