@@ -183,6 +183,7 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
         fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;
     let mut unmounter = session.unmount_callable();
     log::info!(target: "unionfs", "mounted on {}", mp.display());
+    raise_readahead(mp);
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
         drop(pipe);
@@ -215,6 +216,32 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
         Ok(Err(e)) => Err(Error::io(mp, e)),
         Err(_) => Err(Error::Usage("the FUSE session thread panicked".into())),
     }
+}
+
+/// Readahead for the mount, in KiB (the kernel's FUSE default is 128).
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raises the mount's readahead (`/sys/class/bdi/MAJ:MIN/read_ahead_kb`) so that
+/// sequential reads reach us in 1 MiB requests: an eighth of the round trips.
+/// Needs root; otherwise the kernel default stays (logged at debug level).
+fn raise_readahead(mp: &Path) {
+    let Some(dev) = mount_device(mp) else { return };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&knob, READ_AHEAD_KB.to_string()) {
+        Ok(()) => log::debug!(target: "unionfs", "{knob} = {READ_AHEAD_KB}"),
+        Err(e) => log::debug!(target: "unionfs", "cannot raise {knob}: {e}"),
+    }
+}
+
+/// The `MAJ:MIN` of the filesystem mounted at `mp`, from /proc/self/mountinfo.
+fn mount_device(mp: &Path) -> Option<String> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let want = mp.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        (f.len() > 4 && unescape_mountinfo(f[4]) == want)
+            .then(|| String::from_utf8_lossy(f[2]).into_owned())
+    })
 }
 
 /// Blocks the signals the main thread waits for, in this thread and (by

@@ -383,6 +383,16 @@ fn openat_dot(dir: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `posix_fadvise(fd, off, len, POSIX_FADV_WILLNEED)`: start reading into the page
+/// cache; a hint, so failures are ignored.
+pub fn fadvise_willneed(fd: BorrowedFd<'_>, off: u64, len: u64) {
+    let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain advisory call on a valid fd.
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), off, len, libc::POSIX_FADV_WILLNEED) };
+}
+
 /// `fsync` or `fdatasync`.
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     // SAFETY: valid fd.

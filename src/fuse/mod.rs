@@ -180,7 +180,14 @@ impl Filesystem for UnionFs {
                 log::debug!(target: "unionfs::fuse", "kernel lacks {cap:?}");
             }
         }
-        let _ = config.set_max_readahead(MAX_READ);
+        // The kernel offers its default readahead (128 KiB) and a filesystem may
+        // only lower it; a larger max_write raises max_pages, so that once the
+        // bdi's read_ahead_kb is raised (mount.rs does, as root) reads arrive in
+        // 1 MiB requests instead of 128 KiB ones.
+        if let Err(nearest) = config.set_max_readahead(MAX_READ) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_write(MAX_READ);
         log::info!(
             target: "unionfs::fuse",
             "mounted {} layers, FUSE ABI {:?}",

@@ -14,6 +14,7 @@ pub mod verify;
 
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ pub use index::{EntryId, EntryRec, LayerIndex};
 pub use persist::TarIdentity;
 
 use crate::error::{Error, Result};
+
+/// Reads at least this large trigger a prefetch of what follows.
+const PREFETCH_MIN: usize = 128 << 10;
 
 /// Where and whether to keep index files.
 #[derive(Clone, Debug, Default)]
@@ -206,8 +210,22 @@ impl TarLayer {
             read_sparse(&self.file, e.data_off, &x.sparse, off, buf)?;
         } else {
             self.pread_exact(buf, e.data_off + off)?;
+            if n >= PREFETCH_MIN {
+                // Large reads come from sequential readers (the kernel's readahead):
+                // ask the page cache to fetch what follows while we reply.
+                self.prefetch(
+                    e.data_off + off + n as u64,
+                    (e.size - off - n as u64).min(4 * n as u64),
+                );
+            }
         }
         Ok(n)
+    }
+
+    fn prefetch(&self, off: u64, len: u64) {
+        if len > 0 {
+            crate::sys::fadvise_willneed(self.file.as_fd(), off, len);
+        }
     }
 
     fn pread_exact(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
