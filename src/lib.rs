@@ -31,6 +31,7 @@ pub mod report;
 pub mod stack;
 pub mod sys;
 pub mod tar;
+pub mod upper;
 pub mod whiteout;
 
 pub use error::{Error, Result};

@@ -406,6 +406,185 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// `ftruncate(fd, len)`.
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: valid fd.
+    retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
+    Ok(())
+}
+
+/// `utimensat(fd, "", times, AT_EMPTY_PATH)`: sets the times of the object `fd`
+/// refers to, which may be an `O_PATH` fd (a symlink itself included); `None` =
+/// `UTIME_OMIT`.
+pub fn futimens(
+    fd: BorrowedFd<'_>,
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> io::Result<()> {
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    // SAFETY: "" is a valid C string, fd is live, ts has two elements.
+    retry(|| unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            ts.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: changes the owner of the object
+/// `fd` refers to, which may be an `O_PATH` fd (a symlink itself included);
+/// `u32::MAX` leaves one unchanged.
+pub fn fchown_empty(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: "" is a valid C string and fd is live.
+    retry(|| unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// Opens the parent of directory `dir` (`openat(dir, "..", O_PATH | O_DIRECTORY)`).
+pub fn open_parent(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = retry(|| unsafe {
+        // SAFETY: ".." is a valid C string; dir is a live fd.
+        libc::openat(
+            dir.as_raw_fd(),
+            c"..".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `EWOULDBLOCK` if another open file holds it.
+/// The lock lasts as long as the open file (all its duplicates).
+pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fd.
+    retry(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Calls on the object an fd refers to, through `/proc/self/fd/N`.
+//
+// An `O_PATH | O_NOFOLLOW` fd can name any object without opening it (a symlink,
+// a fifo, a device: no side effect), but `fgetxattr`, `fchmod`, ... refuse such
+// fds. The path `/proc/self/fd/N` is a "magic link": resolving it jumps straight
+// to the object the fd refers to and resolution ends there, so even when that
+// object is a symlink it is the symlink itself that is acted on, never its
+// target. This is what glibc's `fchmodat(AT_SYMLINK_NOFOLLOW)` does. It needs
+// `/proc` to be mounted.
+
+fn proc_fd(fd: BorrowedFd<'_>) -> CString {
+    // Digits only: cannot contain a NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn xattr_key(key: &[u8]) -> io::Result<CString> {
+    CString::new(key).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `getxattr` on the object `fd` refers to (any fd, `O_PATH` included).
+pub fn path_getxattr(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<Vec<u8>> {
+    let (p, k) = (proc_fd(fd), xattr_key(key)?);
+    sized(|buf: &mut [u8]| unsafe {
+        // SAFETY: valid C strings; buf is writable for its length.
+        libc::getxattr(p.as_ptr(), k.as_ptr(), buf_ptr(buf), buf.len())
+    })
+}
+
+/// `setxattr` on the object `fd` refers to (any fd, `O_PATH` included).
+pub fn path_setxattr(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+    let (p, k) = (proc_fd(fd), xattr_key(key)?);
+    // SAFETY: valid C strings and value buffer.
+    retry(|| unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            k.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// `listxattr` on the object `fd` refers to: NUL-separated names.
+pub fn path_listxattr(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let p = proc_fd(fd);
+    sized(|buf: &mut [u8]| unsafe {
+        // SAFETY: valid C string; buf is writable for its length.
+        libc::listxattr(p.as_ptr(), buf_ptr(buf).cast(), buf.len())
+    })
+}
+
+/// `removexattr` on the object `fd` refers to.
+pub fn path_removexattr(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
+    let (p, k) = (proc_fd(fd), xattr_key(key)?);
+    // SAFETY: valid C strings.
+    retry(|| unsafe { libc::removexattr(p.as_ptr(), k.as_ptr()) })?;
+    Ok(())
+}
+
+/// Opens the object `fd` refers to anew with `flags` (e.g. an `O_PATH` fd
+/// turned into a readable one): the same inode, whatever its name now points to.
+/// `O_NOFOLLOW` is dropped (it would refuse the magic link itself); `O_CREAT`
+/// is refused with `EINVAL`.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
+    if flags & libc::O_CREAT != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CLOEXEC;
+    let p = proc_fd(fd);
+    let fd = retry(|| unsafe {
+        // SAFETY: valid C string.
+        libc::open(p.as_ptr(), flags, 0)
+    })?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `chmod` of the object `fd` refers to (`EOPNOTSUPP` for a symlink, as
+/// `fchmodat(AT_SYMLINK_NOFOLLOW)` says: Linux symlinks have no mode).
+pub fn path_chmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    if fstat(fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let p = proc_fd(fd);
+    // SAFETY: valid C string.
+    retry(|| unsafe { libc::chmod(p.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `truncate` of the object `fd` refers to (must be a regular file: `EISDIR`
+/// for a directory, `EINVAL` for anything else, as `truncate(2)` says).
+pub fn path_truncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    match fstat(fd)?.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let p = proc_fd(fd);
+    // SAFETY: valid C string.
+    retry(|| unsafe { libc::truncate(p.as_ptr(), len) })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,5 +635,73 @@ mod tests {
             names,
             vec![(b"b".to_vec(), libc::DT_DIR), (b"l".to_vec(), libc::DT_LNK)]
         );
+    }
+
+    #[test]
+    fn o_path_calls_act_on_a_symlink_itself() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("target"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("target"), d.path().join("l")).unwrap();
+        let root = open_dir_path(d.path()).unwrap();
+        let l = openat(root.as_fd(), b"l", libc::O_PATH, 0).unwrap();
+        let t = openat(root.as_fd(), b"target", libc::O_RDONLY, 0).unwrap();
+        // trusted.* xattrs are allowed on symlinks (root only).
+        path_setxattr(l.as_fd(), b"trusted.t", b"v", 0).unwrap();
+        assert_eq!(path_getxattr(l.as_fd(), b"trusted.t").unwrap(), b"v");
+        assert!(path_listxattr(l.as_fd())
+            .unwrap()
+            .starts_with(b"trusted.t\0"));
+        let e = fgetxattr(t.as_fd(), b"trusted.t").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
+        path_removexattr(l.as_fd(), b"trusted.t").unwrap();
+        // chmod/truncate refuse a symlink rather than reaching the target.
+        let e = path_chmod(l.as_fd(), 0o600).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let e = path_truncate(l.as_fd(), 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        // chown and times land on the symlink, not on the target.
+        fchown_empty(l.as_fd(), 1234, 5678).unwrap();
+        let ts = libc::timespec {
+            tv_sec: 12345,
+            tv_nsec: 6,
+        };
+        futimens(l.as_fd(), Some(ts), Some(ts)).unwrap();
+        let (sl, st) = (fstat(l.as_fd()).unwrap(), fstat(t.as_fd()).unwrap());
+        assert_eq!((sl.st_uid, sl.st_gid, sl.st_mtime), (1234, 5678, 12345));
+        assert_eq!((st.st_uid, st.st_size), (0, 1));
+        assert_ne!(st.st_mtime, 12345);
+    }
+
+    #[test]
+    fn o_path_chmod_truncate_on_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"hello").unwrap();
+        let root = open_dir_path(d.path()).unwrap();
+        let f = openat(root.as_fd(), b"f", libc::O_PATH, 0).unwrap();
+        path_chmod(f.as_fd(), 0o4711).unwrap();
+        path_truncate(f.as_fd(), 2).unwrap();
+        let st = fstat(f.as_fd()).unwrap();
+        assert_eq!((st.st_mode & 0o7777, st.st_size), (0o4711, 2));
+        let e = path_truncate(root.as_fd(), 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EISDIR));
+        let w = openat(root.as_fd(), b"f", libc::O_WRONLY, 0).unwrap();
+        ftruncate(w.as_fd(), 10).unwrap();
+        assert_eq!(fstat(w.as_fd()).unwrap().st_size, 10);
+        let p = open_parent(root.as_fd()).unwrap();
+        let up = std::fs::metadata(d.path().parent().unwrap()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fstat(p.as_fd()).unwrap().st_ino, up.ino());
+    }
+
+    #[test]
+    fn flock_is_exclusive_per_open_file() {
+        let d = tempfile::tempdir().unwrap();
+        let a = open_dir_path(d.path()).unwrap();
+        let b = open_dir_path(d.path()).unwrap();
+        flock_exclusive(a.as_fd()).unwrap();
+        let e = flock_exclusive(b.as_fd()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EWOULDBLOCK));
+        drop(a);
+        flock_exclusive(b.as_fd()).unwrap();
     }
 }
