@@ -169,9 +169,12 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS always, not READDIRPLUS_AUTO: the adaptive mode sends plus
+        // only for a directory's first chunk, then plain READDIR plus one LOOKUP
+        // per entry for `find -printf %s`, `ls -l`, `du`... (measured: 16k
+        // LOOKUPs for a 20k-entry tree). Attributes cost us nothing to add.
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
