@@ -71,7 +71,8 @@ pub fn decode(stack: &Stack, ino: u64) -> Option<LayerRef> {
     })
 }
 
-fn nlink_of(stack: &Stack, m: &Merged) -> u32 {
+/// `st_nlink` of a lower directory: 1 if merged (as overlayfs reports), else 2 + subdirectories.
+pub fn nlink_of(stack: &Stack, m: &Merged) -> u32 {
     if m.is_merged_dir() {
         return 1;
     }

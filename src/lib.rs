@@ -27,6 +27,7 @@ pub mod error;
 pub mod fuse;
 pub mod inode;
 pub mod mount;
+pub mod overlay;
 pub mod report;
 pub mod stack;
 pub mod sys;

@@ -115,6 +115,19 @@ enum Cmd {
         /// Log file for the background server (default: none).
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        /// Writable upper directory: every change lands here (copy-up, whiteouts),
+        /// the layers are never written. Without it the mount is read-only.
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        /// Work directory for atomic copy-up, on the upper's filesystem
+        /// (default: .NAME.unionfs-work next to the upper).
+        #[arg(long, value_name = "DIR", requires = "upper")]
+        work: Option<PathBuf>,
+        /// How deletions are recorded in the upper: `oci` (.wh.NAME files; the
+        /// upper tarred is a valid image layer) or `overlay` (0/0 char devices and
+        /// trusted.overlay.opaque; the upper works with kernel overlayfs).
+        #[arg(long, value_name = "FORMAT", default_value = "oci", requires = "upper")]
+        whiteout_format: String,
     },
     /// Unmount a unionfs mount.
     #[command(alias = "unmount")]
@@ -212,8 +225,19 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             options,
             threads,
             log_file,
+            upper,
+            work,
+            whiteout_format,
         } => {
+            let whiteout_format = match whiteout_format.as_str() {
+                "oci" => unionfs::upper::WhiteoutFormat::Oci,
+                "overlay" => unionfs::upper::WhiteoutFormat::Overlay,
+                other => bail!("--whiteout-format {other}: expected `oci` or `overlay`"),
+            };
             let mut cfg = mount::MountConfig {
+                upper,
+                work,
+                whiteout_format,
                 layers: layers.paths()?,
                 mountpoint,
                 foreground,

@@ -18,9 +18,12 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::error::{Error, Result};
+use crate::fuse::rw::RwFs;
 use crate::fuse::UnionFs;
+use crate::overlay::{self, Overlay};
 use crate::stack::Stack;
 use crate::tar::{self, IndexOptions};
+use crate::upper::{Upper, WhiteoutFormat};
 
 /// Everything `unionfs mount` needs.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +50,12 @@ pub struct MountConfig {
     pub index: IndexOptions,
     /// Where a background daemon writes its log (default: nowhere).
     pub log_file: Option<PathBuf>,
+    /// The writable upper directory (none: a read-only mount).
+    pub upper: Option<PathBuf>,
+    /// The work directory (default: next to the upper).
+    pub work: Option<PathBuf>,
+    /// How whiteouts are written in the upper.
+    pub whiteout_format: WhiteoutFormat,
 }
 
 /// Returns true if and only if `path` (absolute) is a mount point, according to
@@ -111,7 +120,11 @@ fn fuse_config(cfg: &MountConfig) -> Config {
     let mut opts = vec![
         MountOption::FSName("unionfs".into()),
         MountOption::Subtype("unionfs".into()),
-        MountOption::RO,
+        if cfg.upper.is_some() {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         if cfg.suid {
             MountOption::Suid
         } else {
@@ -177,7 +190,26 @@ pub fn run(cfg: &MountConfig) -> Result<()> {
 fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
     let layers = tar::open_all(&cfg.layers, &cfg.index)?;
     let stack = Arc::new(Stack::new(layers));
-    let fs = UnionFs::new(stack);
+    match &cfg.upper {
+        None => serve_fs(UnionFs::new(stack), cfg, mp, ready),
+        Some(dir) => {
+            let upper = Upper::open(dir, cfg.work.as_deref(), cfg.whiteout_format)?;
+            // SAFETY: umask(2) cannot fail. Create modes arrive with the
+            // caller's umask already applied by the kernel: ours must not apply.
+            unsafe { libc::umask(0) };
+            let set_owner = unsafe { libc::geteuid() } == 0;
+            let ov = Overlay::new(stack, upper, overlay::Options { set_owner })?;
+            serve_fs(RwFs::new(ov), cfg, mp, ready)
+        }
+    }
+}
+
+fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
+    fs: F,
+    cfg: &MountConfig,
+    mp: &Path,
+    ready: &mut Option<File>,
+) -> Result<()> {
     let sigs = block_signals();
     let mut session =
         fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;

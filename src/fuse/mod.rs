@@ -11,6 +11,7 @@
 //! tar with no lock held.
 
 pub mod attr;
+pub mod rw;
 
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;

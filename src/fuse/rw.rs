@@ -1,0 +1,569 @@
+//! The FUSE adapter of a writable mount (`--upper`): decodes each request,
+//! calls [`Overlay`], replies. No logic of its own.
+//!
+//! Caching: every change to the merged view is made through this mount, so the
+//! kernel's own caches stay right (it updates dentries and attributes from our
+//! replies); TTLs are still short ([`RW_TTL`]), because one change can alter
+//! what other names show (a copy-up breaks a lower hard link, a rename of a
+//! directory moves everything under it). Files open with `FOPEN_KEEP_CACHE`:
+//! their content only changes through the kernel's own page cache.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::attr::{file_type, system_time, BLKSIZE};
+use super::MAX_READ;
+use crate::overlay::{Attr, Overlay};
+use crate::upper::{SetAttr, Time};
+
+/// How long the kernel may cache names and attributes on a writable mount.
+pub const RW_TTL: Duration = Duration::from_secs(1);
+
+/// The writable union as fuser sees it.
+#[derive(Debug)]
+pub struct RwFs {
+    ov: Overlay,
+}
+
+impl RwFs {
+    /// Serves `ov`.
+    pub fn new(ov: Overlay) -> RwFs {
+        RwFs { ov }
+    }
+}
+
+fn errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn name(n: &OsStr) -> &[u8] {
+    n.as_bytes()
+}
+
+/// The kernel's `new_encode_dev` packing of a `dev_t`.
+fn encode_dev(dev: u64) -> u32 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// `lstat` → `FileAttr`.
+fn file_attr(a: &Attr) -> FileAttr {
+    let st = &a.st;
+    let t = |s: i64, ns: i64| system_time(s, ns.clamp(0, 999_999_999) as u32);
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: st.st_size.max(0) as u64,
+        blocks: st.st_blocks.max(0) as u64,
+        atime: t(st.st_atime, st.st_atime_nsec),
+        mtime: t(st.st_mtime, st.st_mtime_nsec),
+        ctime: t(st.st_ctime, st.st_ctime_nsec),
+        crtime: t(st.st_ctime, st.st_ctime_nsec),
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink.min(u64::from(u32::MAX)) as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: encode_dev(st.st_rdev),
+        blksize: if st.st_blksize > 0 {
+            st.st_blksize as u32
+        } else {
+            BLKSIZE
+        },
+        flags: 0,
+    }
+}
+
+fn time(t: TimeOrNow) -> Time {
+    match t {
+        TimeOrNow::Now => Time::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Time::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if ns > 0 {
+                    s -= 1;
+                    ns = 1_000_000_000 - ns;
+                }
+                Time::At(s, ns)
+            }
+        },
+    }
+}
+
+fn entry(reply: ReplyEntry, r: io::Result<Attr>) {
+    match r {
+        Ok(a) => reply.entry(&RW_TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: io::Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
+    match r {
+        Err(e) => reply.error(errno(e)),
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if (size as usize) < v.len() => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+    }
+}
+
+impl Filesystem for RwFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_BIG_WRITES,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                log::debug!(target: "unionfs::fuse", "kernel lacks {cap:?}");
+            }
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_READ) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_write(MAX_READ);
+        log::info!(target: "unionfs::fuse", "mounted {} layers with upper {}",
+            self.ov.stack().layers().len(), self.ov.upper().path().display());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        log::trace!(target: "unionfs::fuse", "lookup({}, {n:?})", parent.0);
+        entry(reply, self.ov.lookup(parent.0, name(n)))
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov.getattr(ino.0) {
+            Ok(a) => reply.attr(&RW_TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        match self.ov.setattr(ino.0, fh.map(|f| f.0), &a) {
+            Ok(a) => reply.attr(&RW_TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let ids = (req.uid(), req.gid());
+        entry(reply, self.ov.mknod(parent.0, name(n), mode, rdev, ids))
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let ids = (req.uid(), req.gid());
+        entry(reply, self.ov.mkdir(parent.0, name(n), mode, ids))
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.ov.remove(parent.0, name(n), false))
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.ov.remove(parent.0, name(n), true))
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let ids = (req.uid(), req.gid());
+        let t = target.as_os_str().as_bytes();
+        entry(reply, self.ov.symlink(parent.0, name(n), t, ids))
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .ov
+            .rename(parent.0, name(n), newparent.0, name(newname), flags.bits());
+        empty(reply, r)
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        entry(reply, self.ov.link(ino.0, newparent.0, name(newname)))
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.ov.open(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut buf = vec![0u8; size.min(MAX_READ) as usize];
+        match self.ov.read(fh.0, offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.ov.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.ov.release(fh.0);
+        reply.ok()
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.ov.fsync(fh.0, datasync))
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.ov.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.ov.dir_listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        // Offsets: 1 = ".", 2 = "..", 3 + i = list[i] of this handle's snapshot.
+        let mut off = offset;
+        while off < 2 {
+            let (n, i) = if off == 0 {
+                (".", ino.0)
+            } else {
+                ("..", self.ov.parent_of(ino.0))
+            };
+            if reply.add(INodeNo(i), off + 1, fuser::FileType::Directory, n) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, e) in list.iter().enumerate().skip((off - 2) as usize) {
+            // d_ino is advisory; the real number comes with the lookup.
+            let d_ino = 2 + i as u64;
+            if reply.add(
+                INodeNo(d_ino),
+                i as u64 + 3,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.ov.dir_listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let mut off = offset;
+        while off < 2 {
+            let i = if off == 0 {
+                ino.0
+            } else {
+                self.ov.parent_of(ino.0)
+            };
+            let n = if off == 0 { "." } else { ".." };
+            let a = match self.ov.getattr(i) {
+                Ok(a) => a,
+                Err(e) => return reply.error(errno(e)),
+            };
+            // The kernel takes no lookup reference for "." and "..".
+            if reply.add(
+                INodeNo(i),
+                off + 1,
+                n,
+                &Duration::ZERO,
+                &file_attr(&a),
+                Generation(0),
+            ) {
+                return reply.ok();
+            }
+            off += 1;
+        }
+        for (i, e) in list.iter().enumerate().skip((off - 2) as usize) {
+            // A full lookup: the kernel counts a reference for each entry added.
+            let a = match self.ov.lookup(ino.0, &e.name) {
+                Ok(a) => a,
+                Err(_) => continue, // removed since the snapshot
+            };
+            let full = reply.add(
+                INodeNo(a.ino),
+                i as u64 + 3,
+                OsStr::from_bytes(&e.name),
+                &RW_TTL,
+                &file_attr(&a),
+                Generation(0),
+            );
+            if full {
+                // Not added: give the reference back.
+                self.ov.forget(a.ino, 1);
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.ov.release(fh.0);
+        reply.ok()
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.ov.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.ov.setxattr(ino.0, name(n), value, flags))
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, self.ov.getxattr(ino.0, name(n)))
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, size, self.ov.listxattr(ino.0))
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.ov.removexattr(ino.0, name(n)))
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Only sent without default_permissions; unionfs then grants what the
+        // kernel asks (the upper's own checks apply to what we do as root).
+        reply.ok()
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let ids = (req.uid(), req.gid());
+        match self.ov.create(parent.0, name(n), mode, flags, ids) {
+            Ok((a, fh)) => reply.created(
+                &RW_TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.ov.fallocate(fh.0, mode, offset, length))
+    }
+}

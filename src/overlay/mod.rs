@@ -1,0 +1,599 @@
+//! The writable union: the upper directory over the layer stack.
+//!
+//! Owns the merge of [`Upper`] (through its in-memory mirror [`UpperTree`]) with
+//! the read-only [`Stack`], the inode numbers of a writable mount, open file
+//! and directory handles, and the order of every write operation: copy-up
+//! first, then the change, then the whiteout (kernel `fs/overlayfs/dir.c`,
+//! `copy_up.c`). It knows nothing of FUSE: the adapter (`fuse/rw.rs`) decodes
+//! requests and calls these methods, which return `io::Result` (the errno is
+//! the reply).
+//!
+//! # Resolution
+//! A name in a merged directory resolves as overlayfs's `ovl_lookup` does: the
+//! upper answers first (an entry wins, a whiteout hides, an opaque directory
+//! stops the descent), then [`Stack::lookup`] over the directory's lower stack.
+//! Nothing about a path is cached: every operation resolves it again from the
+//! root (an in-memory walk of O(depth) map lookups), so no cached state can go
+//! stale when a directory is renamed or made opaque.
+//!
+//! # Inode numbers
+//! - An object with a lower origin keeps the number the read-only mount gives it
+//!   (`inode::ino_of`, derived from layer and entry), whether or not it has been
+//!   copied up, like overlayfs keeps `st_ino` across copy-up. Exception: a lower
+//!   file with several hard links gets a number of its own once copied up (its
+//!   copy is a separate file, as in overlayfs without `index=on`).
+//! - Objects created through the mount get numbers from a counter (bit 63 set),
+//!   keyed by the upper file's `st_ino` while the kernel holds them, so the
+//!   names of one upper hard-linked file share a number, and a number is never
+//!   reused for a different object while the kernel may still use it.
+//!
+//! # Locking
+//! `tree` is the namespace lock: lookups take it shared; an operation that
+//! changes the upper's namespace takes it exclusively around the disk change
+//! and the matching tree update, so the tree never disagrees with the disk.
+//! File data never moves under it: a copy-up copies data into the work dir
+//! with no lock but its own per-object one, then takes the namespace lock only
+//! to check the name still means the same object and record it. Lock order:
+//! copy-up lock, then `tree`, then `nodes`/`handles`.
+
+mod handles;
+mod nodes;
+mod write;
+
+pub use handles::{Handle, ListEntry};
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::inode;
+use crate::stack::{LayerRef, Merged, Stack};
+use crate::upper::copy_up::Meta;
+use crate::upper::tree::{UEntry, UNodeId, UpperTree};
+use crate::upper::{is_private_xattr, Upper};
+
+use handles::Handles;
+use nodes::Nodes;
+
+/// A path in the merged view: components from the root.
+pub type Path = Vec<Vec<u8>>;
+
+fn eno(n: i32) -> io::Error {
+    io::Error::from_raw_os_error(n)
+}
+
+/// A name resolved in the writable union (≈ the kernel's `ovl_entry`).
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The upper object, if the upper has one (never a whiteout).
+    pub upper: Option<UEntry>,
+    /// The lower object: what is shown when there is no upper object; with an
+    /// upper directory, the lower directories merged into it; with an upper
+    /// non-directory, the lower object of the same type it was copied up from
+    /// (used for its inode number only).
+    pub lower: Option<Merged>,
+    /// Something of this name exists in the layers, visible below this
+    /// position: removing or renaming the name needs a whiteout.
+    pub below: bool,
+}
+
+impl Resolved {
+    /// `st_mode & S_IFMT` of what is shown.
+    pub fn kind(&self, stack: &Stack) -> u32 {
+        match (&self.upper, &self.lower) {
+            (Some(u), _) => u.kind,
+            (None, Some(m)) => stack.rec(m.top).kind(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Returns true if and only if this is a directory.
+    pub fn is_dir(&self, stack: &Stack) -> bool {
+        self.kind(stack) == libc::S_IFDIR
+    }
+
+    /// The lower directories that merge into this directory (`None` if none
+    /// do: upper-only, or opaque).
+    fn lower_dir(&self) -> Option<&Merged> {
+        match (&self.upper, &self.lower) {
+            (Some(u), _) if u.opaque || !u.is_dir() => None,
+            (_, Some(m)) if m.is_dir() => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Returns true if and only if this is a directory with contributions from
+    /// several places (`st_nlink` is then 1, as overlayfs reports).
+    fn is_merged_dir(&self) -> bool {
+        match self.lower_dir() {
+            Some(m) => self.upper.is_some() || m.is_merged_dir(),
+            None => false,
+        }
+    }
+}
+
+/// Options of a writable union.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Give new objects the caller's uid/gid (true when the daemon can chown).
+    pub set_owner: bool,
+}
+
+/// The writable union. See the module docs.
+#[derive(Debug)]
+pub struct Overlay {
+    stack: Arc<Stack>,
+    upper: Upper,
+    tree: RwLock<UpperTree>,
+    nodes: Mutex<Nodes>,
+    handles: Handles,
+    copy_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
+    opts: Options,
+}
+
+/// Attributes of an object as the adapter replies them.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// `lstat` of the object (`st_ino` replaced by `ino`).
+    pub st: libc::stat,
+}
+
+impl Overlay {
+    /// The union of `upper` over `stack`; scans the upper once.
+    pub fn new(stack: Arc<Stack>, upper: Upper, opts: Options) -> crate::Result<Overlay> {
+        let tree = UpperTree::scan(&upper)?;
+        log::info!(target: "unionfs::overlay", "upper {}: {} entries", upper.path().display(), tree.len());
+        Ok(Overlay {
+            stack,
+            upper,
+            tree: RwLock::new(tree),
+            nodes: Mutex::new(Nodes::new()),
+            handles: Handles::default(),
+            copy_locks: Mutex::new(HashMap::new()),
+            opts,
+        })
+    }
+
+    /// The layer stack.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+
+    /// The upper directory.
+    pub fn upper(&self) -> &Upper {
+        &self.upper
+    }
+
+    // ---- resolution --------------------------------------------------------
+
+    fn root_resolved(&self, tree: &UpperTree) -> Resolved {
+        let mut root = tree.get(UNodeId::ROOT);
+        if let Some(r) = root.as_mut() {
+            r.opaque = false; // overlayfs ignores opacity on the upper root
+        }
+        Resolved {
+            upper: root,
+            lower: Some(self.stack.root()),
+            below: false,
+        }
+    }
+
+    /// Resolves `name` in the directory `dir` (which must be one).
+    fn resolve_child(&self, tree: &UpperTree, dir: &Resolved, name: &[u8]) -> Option<Resolved> {
+        let low = dir.lower_dir().and_then(|m| self.stack.lookup(m, name));
+        let up = match &dir.upper {
+            Some(u) if u.is_dir() => tree.lookup(u.node, name),
+            _ => None,
+        };
+        let below = low.is_some();
+        match up {
+            Some(e) if e.whiteout => None,
+            Some(e) => {
+                let lower = low.filter(|m| {
+                    let k = self.stack.rec(m.top).kind();
+                    k == e.kind && (k != libc::S_IFDIR || !e.opaque)
+                });
+                Some(Resolved {
+                    upper: Some(e),
+                    lower,
+                    below,
+                })
+            }
+            None => low.map(|m| Resolved {
+                upper: None,
+                lower: Some(m),
+                below: true,
+            }),
+        }
+    }
+
+    /// Resolves `path` from the root.
+    fn resolve_in(&self, tree: &UpperTree, path: &[Vec<u8>]) -> Option<Resolved> {
+        let mut cur = self.root_resolved(tree);
+        for c in path {
+            if !cur.is_dir(&self.stack) {
+                return None;
+            }
+            cur = self.resolve_child(tree, &cur, c)?;
+        }
+        Some(cur)
+    }
+
+    /// Resolves `path` (ENOENT if it does not exist).
+    pub fn resolve(&self, path: &[Vec<u8>]) -> io::Result<Resolved> {
+        self.resolve_in(&self.tree.read(), path)
+            .ok_or_else(|| eno(libc::ENOENT))
+    }
+
+    /// The path of inode `ino` (ESTALE if the kernel sent a number we forgot).
+    pub fn path_of(&self, ino: u64) -> io::Result<Path> {
+        self.nodes.lock().path(ino).ok_or_else(|| eno(libc::ESTALE))
+    }
+
+    // ---- inode numbers and attributes --------------------------------------
+
+    /// The inode number for `r` (found at `parent`/`name`), counting one
+    /// kernel lookup reference when `count`.
+    fn ino_for(&self, r: &Resolved, parent: u64, name: &[u8]) -> u64 {
+        let fixed = self.origin_ino(r);
+        let upper_ino = r.upper.map(|u| u.ino);
+        self.nodes.lock().enter(parent, name, fixed, upper_ino)
+    }
+
+    /// The number derived from `r`'s lower origin, if it keeps one: always for
+    /// a lower-only object or a directory; for a copied-up non-directory only
+    /// if the lower file had a single link (see the module docs).
+    fn origin_ino(&self, r: &Resolved) -> Option<u64> {
+        r.lower
+            .as_ref()
+            .filter(|m| r.upper.is_none() || m.is_dir() || self.stack.rec(m.top).count <= 1)
+            .map(|m| inode::ino_of(&self.stack, m.top))
+    }
+
+    /// The number the kernel knows `r` by, without counting a reference.
+    fn ino_peek(&self, r: &Resolved) -> u64 {
+        let fixed = self.origin_ino(r);
+        self.nodes.lock().peek(fixed, r.upper.map(|u| u.ino))
+    }
+
+    /// `lstat` of the object `r` at `path`, shown as inode `ino`.
+    fn stat_of(&self, path: &[Vec<u8>], r: &Resolved, ino: u64) -> io::Result<libc::stat> {
+        let mut st = match (&r.upper, &r.lower) {
+            (Some(_), _) => self.upper.stat(path)?,
+            (None, Some(m)) => lower_stat(&self.stack, m),
+            (None, None) => return Err(eno(libc::ENOENT)),
+        };
+        if r.is_merged_dir() {
+            st.st_nlink = 1;
+        }
+        st.st_ino = ino;
+        Ok(st)
+    }
+
+    /// Looks `name` up in directory `parent` and counts a kernel reference.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> io::Result<Attr> {
+        let mut path = self.path_of(parent)?;
+        path.push(name.to_vec());
+        let tree = self.tree.read();
+        let r = self
+            .resolve_in(&tree, &path)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let ino = self.ino_for(&r, parent, name);
+        match self.stat_of(&path, &r, ino) {
+            Ok(st) => Ok(Attr { ino, st }),
+            Err(e) => {
+                self.nodes.lock().forget(ino, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.lock().forget(ino, n);
+    }
+
+    /// Attributes of inode `ino` (by its path; an unlinked object still open is
+    /// answered from its open handle).
+    pub fn getattr(&self, ino: u64) -> io::Result<Attr> {
+        let tree = self.tree.read();
+        let found = self
+            .nodes
+            .lock()
+            .path(ino)
+            .and_then(|p| self.resolve_in(&tree, &p).map(|r| (p, r)));
+        match found {
+            Some((path, r)) => Ok(Attr {
+                ino,
+                st: self.stat_of(&path, &r, ino)?,
+            }),
+            None => {
+                drop(tree);
+                self.handles
+                    .stat_open(ino, &self.stack)
+                    .map(|st| Attr { ino, st })
+                    .ok_or_else(|| eno(libc::ENOENT))
+            }
+        }
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        if r.kind(&self.stack) != libc::S_IFLNK {
+            return Err(eno(libc::EINVAL));
+        }
+        match (&r.upper, &r.lower) {
+            (Some(_), _) => self.upper.readlink(&path),
+            (None, Some(m)) => {
+                let idx = self.stack.index(m.top);
+                Ok(idx.extra(idx.inode_of(m.top.entry)).link.to_vec())
+            }
+            (None, None) => Err(eno(libc::ENOENT)),
+        }
+    }
+
+    // ---- directories -------------------------------------------------------
+
+    /// The merged listing of directory `path` (sorted by name, no markers).
+    fn list(&self, tree: &UpperTree, path: &[Vec<u8>]) -> io::Result<Vec<ListEntry>> {
+        let r = self
+            .resolve_in(tree, path)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        if !r.is_dir(&self.stack) {
+            return Err(eno(libc::ENOTDIR));
+        }
+        let mut out: Vec<ListEntry> = Vec::new();
+        let mut taken: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+        if let Some(u) = &r.upper {
+            for (name, e) in tree.children(u.node) {
+                taken.insert(name);
+                if !e.whiteout {
+                    out.push(ListEntry {
+                        name: name.to_vec(),
+                        kind: e.kind,
+                    });
+                }
+            }
+        }
+        if let Some(m) = r.lower_dir() {
+            for d in self.stack.read_dir(m) {
+                let name = self.stack.name(d.entry);
+                if !taken.contains(name) {
+                    out.push(ListEntry {
+                        name: name.to_vec(),
+                        kind: self.stack.rec(d.entry).kind(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Opens directory `ino`: a snapshot of its listing, so that offsets keep
+    /// their meaning however the directory changes while it is read.
+    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+        let path = self.path_of(ino)?;
+        let list = self.list(&self.tree.read(), &path)?;
+        Ok(self.handles.insert(Handle::Dir(ino, list.into())))
+    }
+
+    /// The listing snapshot of directory handle `fh`.
+    pub fn dir_listing(&self, fh: u64) -> io::Result<Arc<[ListEntry]>> {
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Dir(_, l)) => Ok(l.clone()),
+            _ => Err(eno(libc::EBADF)),
+        }
+    }
+
+    /// The parent directory's inode number of directory `ino` (for `..`).
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        self.nodes.lock().parent(ino).unwrap_or(inode::ROOT)
+    }
+
+    /// Releases any handle.
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    // ---- files -------------------------------------------------------------
+
+    /// Reads from file handle `fh`.
+    pub fn read(&self, fh: u64, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Lower(_, r)) => self.stack.layer(r.layer).read(r.entry, off, buf),
+            Some(Handle::Upper(_, f)) => {
+                let mut n = 0;
+                while n < buf.len() {
+                    match f.read_at(&mut buf[n..], off + n as u64) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(n)
+            }
+            _ => Err(eno(libc::EBADF)),
+        }
+    }
+
+    /// Writes to file handle `fh`.
+    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Upper(_, f)) => f.write_at(data, off),
+            Some(Handle::Lower(..)) => Err(eno(libc::EBADF)),
+            _ => Err(eno(libc::EBADF)),
+        }
+    }
+
+    /// `fsync`/`fdatasync` of file handle `fh` (a lower file: nothing to do).
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Upper(_, f)) => crate::sys::fsync(f.as_fd(), datasync),
+            Some(_) => Ok(()),
+            None => Err(eno(libc::EBADF)),
+        }
+    }
+
+    /// `fallocate` on file handle `fh`.
+    pub fn fallocate(&self, fh: u64, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Upper(_, f)) => {
+                let (off, len) = (
+                    i64::try_from(off).map_err(|_| eno(libc::EFBIG))?,
+                    i64::try_from(len).map_err(|_| eno(libc::EFBIG))?,
+                );
+                // SAFETY: a valid fd owned by the handle; plain integers.
+                let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) };
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            }
+            Some(_) => Err(eno(libc::EBADF)),
+            None => Err(eno(libc::EBADF)),
+        }
+    }
+
+    // ---- xattrs ------------------------------------------------------------
+
+    /// The value of xattr `key` of `ino`.
+    pub fn getxattr(&self, ino: u64, key: &[u8]) -> io::Result<Vec<u8>> {
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        match (&r.upper, &r.lower) {
+            (Some(_), _) => self.upper.get_xattr(&path, key),
+            (None, Some(m)) => {
+                if is_private_xattr(key) {
+                    return Err(eno(libc::ENODATA));
+                }
+                let idx = self.stack.index(m.top);
+                idx.extra(idx.inode_of(m.top.entry))
+                    .xattrs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.to_vec())
+                    .ok_or_else(|| eno(libc::ENODATA))
+            }
+            (None, None) => Err(eno(libc::ENOENT)),
+        }
+    }
+
+    /// The xattr names of `ino`, each followed by a NUL.
+    pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        let names: Vec<Vec<u8>> = match (&r.upper, &r.lower) {
+            (Some(_), _) => self.upper.list_xattr(&path)?,
+            (None, Some(m)) => {
+                let idx = self.stack.index(m.top);
+                idx.extra(idx.inode_of(m.top.entry))
+                    .xattrs
+                    .iter()
+                    .filter(|(k, _)| !is_private_xattr(k))
+                    .map(|(k, _)| k.to_vec())
+                    .collect()
+            }
+            (None, None) => return Err(eno(libc::ENOENT)),
+        };
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `statfs` of the upper filesystem (where writes go).
+    pub fn statfs(&self) -> io::Result<libc::statvfs> {
+        use std::os::fd::AsRawFd;
+        let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid directory fd and a valid out pointer.
+        let rc = unsafe { libc::fstatvfs(self.upper.root_fd().as_raw_fd(), &mut sv) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sv)
+    }
+}
+
+/// The `lstat` the read-only mount reports for a lower object.
+fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
+    let r = m.top;
+    let e = stack.rec(r);
+    let idx = stack.index(r);
+    // SAFETY: all-zero is a valid `libc::stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_mode = e.mode;
+    st.st_uid = e.uid;
+    st.st_gid = e.gid;
+    st.st_mtime = e.mtime;
+    st.st_mtime_nsec = i64::from(e.mtime_nsec);
+    st.st_atime = e.mtime;
+    st.st_atime_nsec = i64::from(e.mtime_nsec);
+    st.st_ctime = e.mtime;
+    st.st_ctime_nsec = i64::from(e.mtime_nsec);
+    st.st_blksize = 4096;
+    match e.kind() {
+        libc::S_IFDIR => {
+            st.st_size = 4096;
+            st.st_blocks = 8;
+            st.st_nlink = u64::from(inode::nlink_of(stack, m));
+        }
+        libc::S_IFREG => {
+            st.st_size = e.size as i64;
+            let stored: u64 = if e.has(crate::tar::index::F_SPARSE) {
+                idx.extra(idx.inode_of(r.entry))
+                    .sparse
+                    .iter()
+                    .map(|&(_, l)| l)
+                    .sum()
+            } else {
+                e.size
+            };
+            st.st_blocks = stored.div_ceil(512) as i64;
+            st.st_nlink = u64::from(e.count.max(1));
+        }
+        libc::S_IFCHR | libc::S_IFBLK => {
+            let (a, b) = idx.extra(idx.inode_of(r.entry)).rdev;
+            st.st_rdev = libc::makedev(a, b);
+            st.st_nlink = u64::from(e.count.max(1));
+        }
+        _ => {
+            st.st_size = e.size as i64;
+            st.st_nlink = u64::from(e.count.max(1));
+        }
+    }
+    st
+}
+
+/// The metadata of a lower object to reproduce on copy-up.
+fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
+    let e = stack.rec(r);
+    let idx = stack.index(r);
+    let x = idx.extra(idx.inode_of(r.entry));
+    Meta {
+        mode: e.mode & 0o7777,
+        uid: e.uid,
+        gid: e.gid,
+        atime: (e.mtime, e.mtime_nsec),
+        mtime: (e.mtime, e.mtime_nsec),
+        xattrs: x
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect(),
+    }
+}

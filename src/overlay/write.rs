@@ -1,0 +1,557 @@
+//! Write operations of the writable union: copy-up, open for writing, create,
+//! link, remove, rename, and metadata changes.
+//!
+//! Owns the order of each operation (kernel `fs/overlayfs/dir.c`): copy up the
+//! parents (metadata only), check the merged view under the namespace lock,
+//! change the upper, record the change in the tree, then fix the inode table.
+//! The upper I/O itself (crash-safe whiteouts, temp-and-rename) is `upper/`.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{eno, lower_meta, Attr, Handle, Overlay, Path, Resolved};
+use crate::inode;
+use crate::upper::copy_up::{
+    copy_up_dir, copy_up_file, copy_up_special, copy_up_symlink, CopiedUp,
+};
+use crate::upper::{New, Owner, SetAttr, Upper, WhiteoutFormat};
+use crate::whiteout::is_reserved;
+
+/// Refuses names that only markers may have (`.wh.*`): EINVAL, as overlayfs.
+fn check_name(name: &[u8]) -> io::Result<()> {
+    if is_reserved(name) {
+        return Err(eno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+fn child(dir: &[Vec<u8>], name: &[u8]) -> Path {
+    let mut p = dir.to_vec();
+    p.push(name.to_vec());
+    p
+}
+
+/// `makedev` of a FUSE `rdev` (the kernel's `new_encode_dev` packing).
+fn decode_rdev(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+impl Overlay {
+    fn copy_lock(&self, key: u64) -> Arc<Mutex<()>> {
+        let mut locks = self.copy_locks.lock();
+        if locks.len() > 4096 {
+            // Drop locks nobody holds; the map stays small.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key).or_default().clone()
+    }
+
+    /// The copy-up lock of a lower-only object (held across a copy-up, and by
+    /// removals and renames of it, so they never interleave).
+    fn lower_lock(&self, r: &Resolved) -> Option<Arc<Mutex<()>>> {
+        match (&r.upper, &r.lower) {
+            (None, Some(m)) => Some(self.copy_lock(inode::ino_of(&self.stack, m.top))),
+            _ => None,
+        }
+    }
+
+    // ---- copy-up -----------------------------------------------------------
+
+    /// Makes `path` and its ancestors upper objects, ancestors first (kernel
+    /// `ovl_copy_up_flags`). Directories are copied as metadata only; the last
+    /// component's data is copied unless `with_data` is false (it is about to
+    /// be truncated to 0).
+    pub(super) fn copy_up(&self, path: &[Vec<u8>], with_data: bool) -> io::Result<()> {
+        for i in 1..=path.len() {
+            self.copy_up_one(&path[..i], i < path.len() || with_data)?;
+        }
+        Ok(())
+    }
+
+    fn copy_up_one(&self, path: &[Vec<u8>], with_data: bool) -> io::Result<()> {
+        let r = self.resolve(path)?;
+        let Some(lock) = self.lower_lock(&r) else {
+            return Ok(()); // already in the upper
+        };
+        let _g = lock.lock();
+        let r = self.resolve(path)?; // a racing copy-up may have done it
+        let (None, Some(m)) = (&r.upper, &r.lower) else {
+            return Ok(());
+        };
+        let top = m.top;
+        let meta = lower_meta(&self.stack, top);
+        let rec = self.stack.rec(top);
+        let idx = self.stack.index(top);
+        let extra = idx.extra(idx.inode_of(top.entry));
+        let done = match rec.kind() {
+            libc::S_IFDIR => copy_up_dir(&self.upper, path, &meta)?,
+            libc::S_IFREG => {
+                let layer = self.stack.layer(top.layer);
+                let size = if with_data { rec.size } else { 0 };
+                let sparse = (with_data && rec.has(crate::tar::index::F_SPARSE))
+                    .then_some(extra.sparse.as_slice());
+                let data = |off: u64, buf: &mut [u8]| layer.read(top.entry, off, buf);
+                copy_up_file(&self.upper, path, &meta, data, size, sparse)?
+            }
+            libc::S_IFLNK => copy_up_symlink(&self.upper, path, &meta, extra.link)?,
+            k => {
+                let (a, b) = extra.rdev;
+                copy_up_special(&self.upper, path, &meta, k, libc::makedev(a, b))?
+            }
+        };
+        let st = match done {
+            CopiedUp::Created(st) => st,
+            CopiedUp::Existed => self.upper.stat(path)?,
+        };
+        let keeps_ino = rec.is_dir() || rec.count <= 1;
+        let mut tree = self.tree.write();
+        let (name, parent) = path.split_last().ok_or_else(|| eno(libc::EINVAL))?;
+        let pnode = tree.resolve(parent).ok_or_else(|| eno(libc::EIO))?;
+        tree.insert(pnode, name, st.st_mode, st.st_ino)
+            .ok_or_else(|| eno(libc::EIO))?;
+        drop(tree);
+        if keeps_ino {
+            let ino = inode::ino_of(&self.stack, top);
+            self.nodes.lock().set_upper(ino, st.st_ino);
+        }
+        Ok(())
+    }
+
+    /// Copies up `path` whole: a file with its data; a directory with lower
+    /// contributions with everything below it, then made opaque (so it keeps
+    /// its content wherever it is renamed to). Cost: the subtree's bytes.
+    fn copy_up_whole(&self, path: &[Vec<u8>]) -> io::Result<()> {
+        let r = self.resolve(path)?;
+        if !r.is_dir(&self.stack) {
+            return self.copy_up(path, true);
+        }
+        if r.lower_dir().is_none() {
+            return Ok(()); // nothing below that a move would lose
+        }
+        self.copy_up(path, false)?;
+        let list = self.list(&self.tree.read(), path)?;
+        for e in list {
+            self.copy_up_whole(&child(path, &e.name))?;
+        }
+        let mut tree = self.tree.write();
+        self.upper.set_opaque(path)?;
+        let n = tree.resolve(path).ok_or_else(|| eno(libc::EIO))?;
+        tree.set_opaque(n, true);
+        Ok(())
+    }
+
+    // ---- open --------------------------------------------------------------
+
+    /// Opens file `ino` with `flags`; returns the handle. Opening for writing
+    /// (or with `O_TRUNC`) copies the file up first (without its data when
+    /// truncating); a read-only open of a lower file reads it in place.
+    pub fn open(&self, ino: u64, flags: i32) -> io::Result<u64> {
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        match r.kind(&self.stack) {
+            libc::S_IFDIR => return Err(eno(libc::EISDIR)),
+            libc::S_IFREG => {}
+            _ => return Err(eno(libc::EINVAL)),
+        }
+        let trunc = flags & libc::O_TRUNC != 0;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || trunc;
+        if let (false, None, Some(m)) = (writes, &r.upper, &r.lower) {
+            return Ok(self.handles.insert(Handle::Lower(ino, m.top)));
+        }
+        if r.upper.is_none() {
+            self.copy_up(&path, !trunc)?;
+        }
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+        let f = self.upper.open_file(&path, flags)?;
+        Ok(self.handles.insert(Handle::Upper(ino, f)))
+    }
+
+    // ---- create ------------------------------------------------------------
+
+    /// The owner of a new object made by `uid`/`gid` in `dir` (a set-group-ID
+    /// directory gives its group, as the kernel's `inode_init_owner`).
+    fn owner(&self, dir: &[Vec<u8>], uid: u32, gid: u32) -> io::Result<Option<Owner>> {
+        if !self.opts.set_owner {
+            return Ok(None);
+        }
+        let st = self.upper.stat(dir)?;
+        let gid = if st.st_mode & libc::S_ISGID != 0 {
+            st.st_gid
+        } else {
+            gid
+        };
+        Ok(Some(Owner { uid, gid }))
+    }
+
+    /// The common create path: `make(upper, dir path, owner)` makes the object
+    /// once the name is known to be free in the merged view.
+    fn make<T>(
+        &self,
+        parent: u64,
+        name: &[u8],
+        (uid, gid): (u32, u32),
+        make: impl FnOnce(&Upper, &[Vec<u8>], Option<Owner>) -> io::Result<(T, New)>,
+    ) -> io::Result<(Attr, T)> {
+        check_name(name)?;
+        let dir = self.path_of(parent)?;
+        self.copy_up(&dir, false)?;
+        let mut tree = self.tree.write();
+        let rd = self
+            .resolve_in(&tree, &dir)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let pnode = match &rd.upper {
+            Some(u) if u.is_dir() => u.node,
+            _ => return Err(eno(libc::ENOTDIR)),
+        };
+        if self.resolve_child(&tree, &rd, name).is_some() {
+            return Err(eno(libc::EEXIST));
+        }
+        let owner = self.owner(&dir, uid, gid)?;
+        let (t, new) = make(&self.upper, &dir, owner)?;
+        let kind = new.stat.st_mode & libc::S_IFMT;
+        let unode = tree
+            .insert(pnode, name, kind, new.stat.st_ino)
+            .ok_or_else(|| eno(libc::EIO))?;
+        if kind == libc::S_IFDIR && new.replaced_whiteout {
+            tree.set_opaque(unode, true);
+        }
+        drop(tree);
+        let ino = self
+            .nodes
+            .lock()
+            .enter(parent, name, None, Some(new.stat.st_ino));
+        let mut st = new.stat;
+        st.st_ino = ino;
+        Ok((Attr { ino, st }, t))
+    }
+
+    /// Creates and opens a regular file; returns its attributes and handle.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        ids: (u32, u32),
+    ) -> io::Result<(Attr, u64)> {
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
+        let (attr, f) = self.make(parent, name, ids, |up, dir, owner| {
+            up.create_file(dir, name, flags, mode, owner)
+        })?;
+        let fh = self.handles.insert(Handle::Upper(attr.ino, f));
+        Ok((attr, fh))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, ids: (u32, u32)) -> io::Result<Attr> {
+        let mk = |up: &Upper, dir: &[Vec<u8>], owner| Ok(((), up.mkdir(dir, name, mode, owner)?));
+        Ok(self.make(parent, name, ids, mk)?.0)
+    }
+
+    /// Creates a fifo, socket, device or regular file (`mode` has the type).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        ids: (u32, u32),
+    ) -> io::Result<Attr> {
+        let dev = decode_rdev(rdev);
+        let mk =
+            |up: &Upper, dir: &[Vec<u8>], owner| Ok(((), up.mknod(dir, name, mode, dev, owner)?));
+        Ok(self.make(parent, name, ids, mk)?.0)
+    }
+
+    /// Creates a symlink to `target`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        ids: (u32, u32),
+    ) -> io::Result<Attr> {
+        let mk =
+            |up: &Upper, dir: &[Vec<u8>], owner| Ok(((), up.symlink(dir, name, target, owner)?));
+        Ok(self.make(parent, name, ids, mk)?.0)
+    }
+
+    /// Makes `newparent`/`newname` a hard link to `ino` (copied up first).
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> io::Result<Attr> {
+        let src = self.path_of(ino)?;
+        let r = self.resolve(&src)?;
+        if r.is_dir(&self.stack) {
+            return Err(eno(libc::EPERM));
+        }
+        self.copy_up(&src, true)?;
+        let mk = |up: &Upper, dir: &[Vec<u8>], _| Ok(((), up.link(&src, dir, newname)?));
+        let (mut a, ()) = self.make(newparent, newname, (0, 0), mk)?;
+        // The link count changed for every name: report the upper's.
+        a.st.st_nlink = self.upper.stat(&src).map_or(a.st.st_nlink, |s| s.st_nlink);
+        Ok(a)
+    }
+
+    // ---- remove ------------------------------------------------------------
+
+    /// `unlink` (`dir` false) or `rmdir` (`dir` true) of `parent`/`name`.
+    /// A name with lower objects below is replaced by a whiteout; a directory
+    /// must be empty in the merged view (`ENOTEMPTY`, as overlayfs).
+    pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
+        let dpath = self.path_of(parent)?;
+        let path = child(&dpath, name);
+        let r = self.resolve(&path)?;
+        let lock = self.lower_lock(&r);
+        let _g = lock.as_ref().map(|l| l.lock());
+        self.copy_up(&dpath, false)?;
+        let mut tree = self.tree.write();
+        let rd = self
+            .resolve_in(&tree, &dpath)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let r = self
+            .resolve_child(&tree, &rd, name)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let is_dir = r.is_dir(&self.stack);
+        if dir && !is_dir {
+            return Err(eno(libc::ENOTDIR));
+        }
+        if !dir && is_dir {
+            return Err(eno(libc::EISDIR));
+        }
+        if dir && !self.list(&tree, &path)?.is_empty() {
+            return Err(eno(libc::ENOTEMPTY));
+        }
+        let pnode = rd.upper.map(|u| u.node).ok_or_else(|| eno(libc::EIO))?;
+        let upper_gone = match &r.upper {
+            Some(_) => is_dir || self.upper.stat(&path)?.st_nlink <= 1,
+            None => false,
+        };
+        if r.below {
+            let st = self.upper.replace_with_whiteout(&dpath, name)?;
+            tree.set_whiteout(pnode, name, st.st_mode, st.st_ino);
+        } else {
+            if dir {
+                self.upper.rmdir(&dpath, name)?;
+            } else {
+                self.upper.unlink(&dpath, name)?;
+            }
+            tree.remove(pnode, name);
+        }
+        drop(tree);
+        let ino = self.ino_peek(&r);
+        self.nodes.lock().unlink(ino, parent, name, upper_gone);
+        Ok(())
+    }
+
+    // ---- rename ------------------------------------------------------------
+
+    /// Makes directory `path` (in the upper) opaque, on disk and in `tree`.
+    fn make_opaque(
+        &self,
+        tree: &mut crate::upper::tree::UpperTree,
+        path: &[Vec<u8>],
+    ) -> io::Result<()> {
+        self.upper.set_opaque(path)?;
+        let n = tree.resolve(path).ok_or_else(|| eno(libc::EIO))?;
+        tree.set_opaque(n, true);
+        Ok(())
+    }
+
+    /// `rename` with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    ///
+    /// Unlike overlayfs without `redirect_dir` (EXDEV), a directory with lower
+    /// contributions can be renamed: it is first copied up whole and made
+    /// opaque ([`Overlay::copy_up_whole`]), so the upper alone holds its
+    /// content and the result is a plain layer. Order: the object is placed
+    /// under its new name, then the old name gets its whiteout: a crash in
+    /// between shows both names, never neither.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(eno(libc::EINVAL));
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        check_name(name)?;
+        check_name(newname)?;
+        let sdir = self.path_of(parent)?;
+        let ddir = self.path_of(newparent)?;
+        let spath = child(&sdir, name);
+        let dpath = child(&ddir, newname);
+        let s = self.resolve(&spath)?;
+        let d = self.resolve(&dpath).ok();
+        self.check_rename(&s, d.as_ref(), &dpath, flags)?;
+        if d.as_ref()
+            .is_some_and(|d| !exchange && self.ino_peek(d) == self.ino_peek(&s))
+        {
+            return Ok(()); // two names of one file: POSIX says do nothing
+        }
+        self.copy_up(&sdir, false)?;
+        self.copy_up(&ddir, false)?;
+        self.copy_up_whole(&spath)?;
+        if exchange {
+            self.copy_up_whole(&dpath)?;
+        }
+        let mut tree = self.tree.write();
+        let rs = self
+            .resolve_in(&tree, &sdir)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let rd = self
+            .resolve_in(&tree, &ddir)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let s = self
+            .resolve_child(&tree, &rs, name)
+            .ok_or_else(|| eno(libc::ENOENT))?;
+        let d = self.resolve_child(&tree, &rd, newname);
+        self.check_rename(&s, d.as_ref(), &dpath, flags)?;
+        let (Some(ps), Some(pd), Some(_)) = (rs.upper, rd.upper, s.upper) else {
+            return Err(eno(libc::EIO)); // copied up above
+        };
+        let s_dir = s.is_dir(&self.stack);
+        let d_below = rd
+            .lower_dir()
+            .and_then(|m| self.stack.lookup(m, newname))
+            .is_some();
+        let mut d_upper_gone = false;
+        if exchange {
+            let d = d.as_ref().ok_or_else(|| eno(libc::ENOENT))?;
+            if s_dir && d_below {
+                self.make_opaque(&mut tree, &spath)?;
+            }
+            if d.is_dir(&self.stack) && s.below {
+                self.make_opaque(&mut tree, &dpath)?;
+            }
+            self.upper
+                .rename(&sdir, name, &ddir, newname, libc::RENAME_EXCHANGE)?;
+            tree.exchange(ps.node, name, pd.node, newname);
+        } else {
+            let d_whiteout = tree.lookup(pd.node, newname).is_some_and(|e| e.whiteout);
+            if s_dir && (d_below || d_whiteout) {
+                self.make_opaque(&mut tree, &spath)?;
+            }
+            if let Some(du) = d.as_ref().and_then(|d| d.upper) {
+                if du.is_dir() {
+                    // Merged-empty, but it may hold whiteouts: rename(2) would say
+                    // ENOTEMPTY. Remove it (markers and all) first.
+                    self.upper.rmdir(&ddir, newname)?;
+                    tree.remove(pd.node, newname);
+                } else {
+                    d_upper_gone = self.upper.stat(&dpath)?.st_nlink <= 1;
+                }
+            }
+            if d_whiteout && s_dir && self.upper.format() == WhiteoutFormat::Overlay {
+                // A directory cannot replace the 0/0 char device by rename(2).
+                self.upper.remove_whiteout(&ddir, newname)?;
+            }
+            self.upper.rename(&sdir, name, &ddir, newname, 0)?;
+            if d_whiteout {
+                // OCI: `.wh.NEWNAME` next to the entry would read as "opaque" for a
+                // directory and as nothing for a file; remove it either way.
+                self.upper.remove_whiteout(&ddir, newname)?;
+            }
+            tree.rename(ps.node, name, pd.node, newname)
+                .ok_or_else(|| eno(libc::EIO))?;
+            if s.below {
+                let st = self.upper.write_whiteout(&sdir, name)?;
+                tree.set_whiteout(ps.node, name, st.st_mode, st.st_ino);
+            }
+        }
+        drop(tree);
+        let s_ino = self.ino_peek(&s);
+        let d_ino = d.as_ref().map(|d| self.ino_peek(d));
+        let mut nodes = self.nodes.lock();
+        if let (true, Some(di)) = (exchange, d_ino) {
+            nodes.rename(di, (newparent, newname), (parent, name));
+        } else if let Some(di) = d_ino {
+            nodes.unlink(di, newparent, newname, d_upper_gone);
+        }
+        nodes.rename(s_ino, (parent, name), (newparent, newname));
+        Ok(())
+    }
+
+    /// The merged-view checks of a rename (the kernel's VFS has done the
+    /// permission and ancestry checks).
+    fn check_rename(
+        &self,
+        s: &Resolved,
+        d: Option<&Resolved>,
+        dpath: &[Vec<u8>],
+        flags: u32,
+    ) -> io::Result<()> {
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let Some(d) = d else {
+            return if exchange {
+                Err(eno(libc::ENOENT))
+            } else {
+                Ok(())
+            };
+        };
+        if flags & libc::RENAME_NOREPLACE != 0 {
+            return Err(eno(libc::EEXIST));
+        }
+        if exchange {
+            return Ok(());
+        }
+        match (s.is_dir(&self.stack), d.is_dir(&self.stack)) {
+            (false, true) => Err(eno(libc::EISDIR)),
+            (true, false) => Err(eno(libc::ENOTDIR)),
+            (true, true) if !self.list(&self.tree.read(), dpath)?.is_empty() => {
+                Err(eno(libc::ENOTEMPTY))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    // ---- metadata ----------------------------------------------------------
+
+    /// `setattr` of `ino` (through handle `fh` when the kernel gives one):
+    /// copies the object up first (without data when truncating to 0).
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, a: &SetAttr) -> io::Result<Attr> {
+        if let Some(h) = fh.and_then(|fh| self.handles.get(fh)) {
+            if let Handle::Upper(_, f) = h.as_ref() {
+                let mut st = Upper::set_attr_fd(f.as_fd(), a)?;
+                st.st_ino = ino;
+                return Ok(Attr { ino, st });
+            }
+        }
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        if r.upper.is_none() {
+            self.copy_up(&path, a.size != Some(0))?;
+        }
+        let mut st = self.upper.set_attr(&path, a)?;
+        if self.resolve(&path)?.is_merged_dir() {
+            st.st_nlink = 1;
+        }
+        st.st_ino = ino;
+        Ok(Attr { ino, st })
+    }
+
+    /// Sets xattr `key` of `ino` (copied up first).
+    pub fn setxattr(&self, ino: u64, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+        let path = self.path_of(ino)?;
+        self.copy_up(&path, true)?;
+        self.upper.set_xattr(&path, key, value, flags)
+    }
+
+    /// Removes xattr `key` of `ino` (copied up first).
+    pub fn removexattr(&self, ino: u64, key: &[u8]) -> io::Result<()> {
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        if r.upper.is_none() {
+            // Nothing to copy up for an xattr the object does not have.
+            self.getxattr(ino, key)?;
+        }
+        self.copy_up(&path, true)?;
+        self.upper.remove_xattr(&path, key)
+    }
+}
