@@ -18,10 +18,10 @@
 //!
 //! # Inode numbers
 //! - An object with a lower origin keeps the number the read-only mount gives it
-//!   (`inode::ino_of`, derived from layer and entry), whether or not it has been
-//!   copied up, like overlayfs keeps `st_ino` across copy-up. Exception: a lower
-//!   file with several hard links gets a number of its own once copied up (its
-//!   copy is a separate file, as in overlayfs without `index=on`).
+//!   (derived from layer and entry), whether or not it has been copied up, like
+//!   overlayfs keeps `st_ino` across copy-up. Each name of a lower hard link has
+//!   a number of its own (see [`name_ino`]); a copy-up makes that name a
+//!   separate file (overlayfs without `index=on` breaks the link the same way).
 //! - Objects created through the mount get numbers from a counter (bit 63 set),
 //!   keyed by the upper file's `st_ino` while the kernel holds them, so the
 //!   names of one upper hard-linked file share a number, and a number is never
@@ -244,14 +244,10 @@ impl Overlay {
         self.nodes.lock().enter(parent, name, fixed, upper_ino)
     }
 
-    /// The number derived from `r`'s lower origin, if it keeps one: always for
-    /// a lower-only object or a directory; for a copied-up non-directory only
-    /// if the lower file had a single link (see the module docs).
+    /// The number derived from `r`'s lower origin (the lower object of the
+    /// same type at its name), if it has one.
     fn origin_ino(&self, r: &Resolved) -> Option<u64> {
-        r.lower
-            .as_ref()
-            .filter(|m| r.upper.is_none() || m.is_dir() || self.stack.rec(m.top).count <= 1)
-            .map(|m| inode::ino_of(&self.stack, m.top))
+        r.lower.as_ref().map(|m| name_ino(m.top))
     }
 
     /// The number the kernel knows `r` by, without counting a reference.
@@ -527,6 +523,20 @@ impl Overlay {
         }
         Ok(sv)
     }
+}
+
+/// The inode number of the lower name `r` on a writable mount.
+///
+/// Unlike the read-only mount (`inode::ino_of`), the names of a lower hard link
+/// get numbers of their own: FUSE names an opened file by inode only, and a
+/// write through one name must copy up that name and no other (overlayfs, too,
+/// gives each name of a lower hard link its own inode when `index=off`). Their
+/// `st_nlink` still counts the layer's links.
+fn name_ino(r: LayerRef) -> u64 {
+    if r.entry == crate::tar::EntryId::ROOT {
+        return inode::ROOT;
+    }
+    ((u64::from(r.layer.0) + 1) << 32) | u64::from(r.entry.0)
 }
 
 /// The `lstat` the read-only mount reports for a lower object.

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{eno, lower_meta, Attr, Handle, Overlay, Path, Resolved};
-use crate::inode;
 use crate::upper::copy_up::{
     copy_up_dir, copy_up_file, copy_up_special, copy_up_symlink, CopiedUp,
 };
-use crate::upper::{New, Owner, SetAttr, Upper, WhiteoutFormat};
+use crate::upper::tree::UpperTree;
+use crate::upper::{New, Owner, SetAttr, Time, Upper, WhiteoutFormat};
 use crate::whiteout::is_reserved;
 
 /// Refuses names that only markers may have (`.wh.*`): EINVAL, as overlayfs.
@@ -55,7 +55,7 @@ impl Overlay {
     /// removals and renames of it, so they never interleave).
     fn lower_lock(&self, r: &Resolved) -> Option<Arc<Mutex<()>>> {
         match (&r.upper, &r.lower) {
-            (None, Some(m)) => Some(self.copy_lock(inode::ino_of(&self.stack, m.top))),
+            (None, Some(m)) => Some(self.copy_lock(super::name_ino(m.top))),
             _ => None,
         }
     }
@@ -108,23 +108,22 @@ impl Overlay {
             CopiedUp::Created(st) => st,
             CopiedUp::Existed => self.upper.stat(path)?,
         };
-        let keeps_ino = rec.is_dir() || rec.count <= 1;
         let mut tree = self.tree.write();
         let (name, parent) = path.split_last().ok_or_else(|| eno(libc::EINVAL))?;
         let pnode = tree.resolve(parent).ok_or_else(|| eno(libc::EIO))?;
         tree.insert(pnode, name, st.st_mode, st.st_ino)
             .ok_or_else(|| eno(libc::EIO))?;
         drop(tree);
-        if keeps_ino {
-            let ino = inode::ino_of(&self.stack, top);
-            self.nodes.lock().set_upper(ino, st.st_ino);
-        }
+        self.nodes.lock().set_upper(super::name_ino(top), st.st_ino);
         Ok(())
     }
 
     /// Copies up `path` whole: a file with its data; a directory with lower
     /// contributions with everything below it, then made opaque (so it keeps
     /// its content wherever it is renamed to). Cost: the subtree's bytes.
+    /// Names of a lower hard link become separate files, as any copy-up
+    /// makes them (overlayfs with `redirect_dir` would keep them lower, with
+    /// the layer's link count, until each is copied up).
     fn copy_up_whole(&self, path: &[Vec<u8>]) -> io::Result<()> {
         let r = self.resolve(path)?;
         if !r.is_dir(&self.stack) {
@@ -134,6 +133,7 @@ impl Overlay {
             return Ok(()); // nothing below that a move would lose
         }
         self.copy_up(path, false)?;
+        let st = self.upper.stat(path)?;
         let list = self.list(&self.tree.read(), path)?;
         for e in list {
             self.copy_up_whole(&child(path, &e.name))?;
@@ -142,6 +142,14 @@ impl Overlay {
         self.upper.set_opaque(path)?;
         let n = tree.resolve(path).ok_or_else(|| eno(libc::EIO))?;
         tree.set_opaque(n, true);
+        // Copying the children in (and the marker) bumped the directory's
+        // times; the merged view never changed, so neither may they.
+        let times = SetAttr {
+            atime: Some(Time::At(st.st_atime, st.st_atime_nsec as u32)),
+            mtime: Some(Time::At(st.st_mtime, st.st_mtime_nsec as u32)),
+            ..SetAttr::default()
+        };
+        self.upper.set_attr(path, &times)?;
         Ok(())
     }
 
@@ -350,11 +358,7 @@ impl Overlay {
     // ---- rename ------------------------------------------------------------
 
     /// Makes directory `path` (in the upper) opaque, on disk and in `tree`.
-    fn make_opaque(
-        &self,
-        tree: &mut crate::upper::tree::UpperTree,
-        path: &[Vec<u8>],
-    ) -> io::Result<()> {
+    fn make_opaque(&self, tree: &mut UpperTree, path: &[Vec<u8>]) -> io::Result<()> {
         self.upper.set_opaque(path)?;
         let n = tree.resolve(path).ok_or_else(|| eno(libc::EIO))?;
         tree.set_opaque(n, true);
@@ -389,7 +393,7 @@ impl Overlay {
         let dpath = child(&ddir, newname);
         let s = self.resolve(&spath)?;
         let d = self.resolve(&dpath).ok();
-        self.check_rename(&s, d.as_ref(), &dpath, flags)?;
+        self.check_rename(&self.tree.read(), &s, d.as_ref(), &dpath, flags)?;
         if d.as_ref()
             .is_some_and(|d| !exchange && self.ino_peek(d) == self.ino_peek(&s))
         {
@@ -412,7 +416,7 @@ impl Overlay {
             .resolve_child(&tree, &rs, name)
             .ok_or_else(|| eno(libc::ENOENT))?;
         let d = self.resolve_child(&tree, &rd, newname);
-        self.check_rename(&s, d.as_ref(), &dpath, flags)?;
+        self.check_rename(&tree, &s, d.as_ref(), &dpath, flags)?;
         let (Some(ps), Some(pd), Some(_)) = (rs.upper, rd.upper, s.upper) else {
             return Err(eno(libc::EIO)); // copied up above
         };
@@ -482,6 +486,7 @@ impl Overlay {
     /// permission and ancestry checks).
     fn check_rename(
         &self,
+        tree: &UpperTree,
         s: &Resolved,
         d: Option<&Resolved>,
         dpath: &[Vec<u8>],
@@ -504,9 +509,7 @@ impl Overlay {
         match (s.is_dir(&self.stack), d.is_dir(&self.stack)) {
             (false, true) => Err(eno(libc::EISDIR)),
             (true, false) => Err(eno(libc::ENOTDIR)),
-            (true, true) if !self.list(&self.tree.read(), dpath)?.is_empty() => {
-                Err(eno(libc::ENOTEMPTY))
-            }
+            (true, true) if !self.list(tree, dpath)?.is_empty() => Err(eno(libc::ENOTEMPTY)),
             _ => Ok(()),
         }
     }

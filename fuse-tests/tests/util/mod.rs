@@ -18,9 +18,14 @@ use std::sync::Arc;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use tempfile::TempDir;
 
+pub mod oracle;
+
+use unionfs::fuse::rw::RwFs;
 use unionfs::fuse::UnionFs;
+use unionfs::overlay::{self, Overlay};
 use unionfs::stack::Stack;
 use unionfs::tar::IndexOptions;
+use unionfs::upper::{Upper, WhiteoutFormat};
 
 /// The environment variable that turns "FUSE is missing" from a failure into a skip.
 pub const SKIP_ENV: &str = "UNIONFS_SKIP_FUSE_TESTS";
@@ -487,6 +492,40 @@ impl Mount {
             .expect("mountpoint tempdir");
         let path = mnt_dir.path().canonicalize().expect("canonical mountpoint");
         let session = fuser::spawn_mount(fs, &path, &fuse_config())
+            .unwrap_or_else(|e| panic!("mount unionfs on {}: {e}", path.display()));
+        assert!(
+            is_mounted(&path),
+            "{} not in mountinfo after mount",
+            path.display()
+        );
+        Some(Mount {
+            session: Some(session),
+            path,
+            layers: layers.to_vec(),
+            mnt_dir: Some(mnt_dir),
+            _tar_dir: None,
+        })
+    }
+
+    /// Mounts existing layer tars (bottom first) with the writable upper
+    /// directory `upper` (work dir: the default, next to it), read-write.
+    pub fn with_upper(layers: &[PathBuf], upper: &Path, format: WhiteoutFormat) -> Option<Mount> {
+        if !fuse_available("mount test") {
+            return None;
+        }
+        let tars = unionfs::tar::open_all(layers, &IndexOptions::default()).expect("open layers");
+        let stack = Arc::new(Stack::new(tars));
+        let up = Upper::open(upper, None, format).expect("open upper");
+        let set_owner = unsafe { libc::geteuid() } == 0;
+        let ov = Overlay::new(stack, up, overlay::Options { set_owner }).expect("scan upper");
+        let mnt_dir = tempfile::Builder::new()
+            .prefix("unionfs-mnt-")
+            .tempdir()
+            .expect("mountpoint tempdir");
+        let path = mnt_dir.path().canonicalize().expect("canonical mountpoint");
+        let mut cfg = fuse_config();
+        cfg.mount_options[2] = MountOption::RW;
+        let session = fuser::spawn_mount(RwFs::new(ov), &path, &cfg)
             .unwrap_or_else(|e| panic!("mount unionfs on {}: {e}", path.display()));
         assert!(
             is_mounted(&path),
