@@ -451,3 +451,37 @@ fn kill_9_during_copy_ups_leaves_no_partial_file() {
         "temp files left after remount"
     );
 }
+
+/// A dropped entry is reported with the layer file's name, whether the index
+/// is built now or loaded from the cache.
+#[test]
+fn warnings_name_the_layer_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("escaping-layer.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_cksum();
+        b.append(&h, &b"x\n"[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "ok", &b""[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let t = tar_path.display().to_string();
+    for pass in ["built", "loaded"] {
+        let o = unionfs(&["ls", "--layers", &t, "/"], dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("escaping-layer.tar") && err.contains("../escape"),
+            "index {pass}: warning without the layer's name: {err}"
+        );
+        assert!(stdout(&o).contains("/ok") && !stdout(&o).contains("escape"));
+    }
+}

@@ -135,7 +135,6 @@ impl Builder {
             raw.offset,
             String::from_utf8_lossy(&raw.path)
         );
-        log::warn!(target: "unionfs::tar", "{msg}");
         self.note(msg);
     }
 

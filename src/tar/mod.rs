@@ -138,6 +138,7 @@ impl TarLayer {
         if let (Some(f), false) = (&index_file, opts.rebuild) {
             match persist::load(f, &file, &id, opts.members) {
                 Ok(Ok(index)) => {
+                    log_warnings(path, &index);
                     return Ok(TarLayer {
                         path: path.to_owned(),
                         file,
@@ -148,7 +149,7 @@ impl TarLayer {
                             file: index_file,
                             rejected: None,
                         },
-                    })
+                    });
                 }
                 Ok(Err(why)) => {
                     log::debug!(target: "unionfs::tar", "{}: {why}; re-indexing", f.display());
@@ -162,6 +163,7 @@ impl TarLayer {
         }
         let scan_start = std::time::SystemTime::now();
         let index = build_index(path, &file, id.size)?;
+        log_warnings(path, &index);
         let elapsed = start.elapsed();
         let mut kept = None;
         if let Some(f) = index_file {
@@ -288,6 +290,14 @@ fn racy(id: &TarIdentity, scan_start: std::time::SystemTime) -> bool {
     };
     let ctime = i128::from(id.ctime) * 1_000_000_000 + i128::from(id.ctime_nsec);
     ctime > start - 50_000_000
+}
+
+/// Logs what indexing `path` dropped or noticed, naming the layer file (the
+/// index keeps the messages, so a layer served from a stored index warns too).
+fn log_warnings(path: &Path, index: &LayerIndex) {
+    for w in &index.warnings {
+        log::warn!(target: "unionfs::tar", "{}: {w}", path.display());
+    }
 }
 
 /// Scans and indexes `file` (the tar at `path`), entry by entry.

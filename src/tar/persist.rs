@@ -267,14 +267,19 @@ pub fn load(
             "members",
             xxh3_64(bytemuck::cast_slice(&idx.members)) == h.sum_members,
         ));
-        read_section(&mut f, &mut warnings)?;
-        checks.push(("warnings", xxh3_64(&warnings) == h.sum_warnings));
-        idx.warnings = String::from_utf8_lossy(&warnings)
-            .split('\n')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+    } else {
+        // Skip the members (only `verify` needs them); the warnings still load,
+        // so a layer served from a stored index reports what indexing dropped.
+        let len = h.n_members * std::mem::size_of::<Member>() as u64;
+        io::Seek::seek(&mut f, io::SeekFrom::Current(pad8(len) as i64))?;
     }
+    read_section(&mut f, &mut warnings)?;
+    checks.push(("warnings", xxh3_64(&warnings) == h.sum_warnings));
+    idx.warnings = String::from_utf8_lossy(&warnings)
+        .split('\n')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
     if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
         return Ok(Err(format!("{name} section checksum mismatch")));
     }

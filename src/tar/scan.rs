@@ -678,6 +678,6 @@ fn no_nul(v: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn warn(out: &mut Scan, msg: String) {
-    log::warn!(target: "unionfs::tar", "{msg}");
+    // Logged with the layer's path once indexing is done (`tar::log_warnings`).
     out.warnings.push(msg);
 }
