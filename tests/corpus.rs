@@ -1,9 +1,11 @@
 //! The 102 edge-case archives of `../shared/testdata/tar-corpus`, indexed and
 //! listed by unionfs, compared with what GNU tar extracts (`tools/corpus-check`,
-//! which holds the list of deliberate differences and their reasons).
+//! which holds the list of deliberate differences and their reasons); then each
+//! archive unionfs serves is mounted, and the mount must show exactly what the
+//! listing said.
 //!
-//! Needs root (GNU tar restores owners and devices only as root), python3 and
-//! GNU tar. A clone without `../shared` skips, saying so loudly.
+//! Needs root (GNU tar restores owners and devices only as root), python3, GNU
+//! tar and FUSE. A clone without `../shared` skips, saying so loudly.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +30,7 @@ fn corpus_matches_gnu_tar() {
     let out = Command::new(root.join("tools/corpus-check"))
         .arg(env!("CARGO_BIN_EXE_unionfs"))
         .arg(&corpus)
+        .arg("--mount")
         .output()
         .expect("run tools/corpus-check (needs python3)");
     let text = String::from_utf8_lossy(&out.stdout);
