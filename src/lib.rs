@@ -25,6 +25,7 @@
 
 pub mod error;
 pub mod fuse;
+pub mod idmap;
 pub mod inode;
 pub mod mount;
 pub mod overlay;

@@ -128,6 +128,23 @@ enum Cmd {
         /// trusted.overlay.opaque; the upper works with kernel overlayfs).
         #[arg(long, value_name = "FORMAT", default_value = "oci", requires = "upper")]
         whiteout_format: String,
+        /// Report container uid C as host uid H, for COUNT ids
+        /// (C:H:COUNT[,…], newuidmap's order), e.g. 0:$(id -u):1 so that a rootless
+        /// container's root owns the image's root files. Unmapped ids show as 65534.
+        #[arg(long, value_name = "C:H:COUNT")]
+        uidmap: Vec<String>,
+        /// As --uidmap, for groups.
+        #[arg(long, value_name = "C:H:COUNT")]
+        gidmap: Vec<String>,
+        /// Report every file as owned by uid 0 and gid 0.
+        #[arg(long)]
+        squash_to_root: bool,
+        /// Report every file as owned by this uid.
+        #[arg(long, value_name = "UID", conflicts_with = "squash_to_root")]
+        squash_to_uid: Option<u32>,
+        /// Report every file's group as this gid.
+        #[arg(long, value_name = "GID", conflicts_with = "squash_to_root")]
+        squash_to_gid: Option<u32>,
     },
     /// Unmount a unionfs mount.
     #[command(alias = "unmount")]
@@ -228,13 +245,43 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             upper,
             work,
             whiteout_format,
+            uidmap,
+            gidmap,
+            squash_to_root,
+            squash_to_uid,
+            squash_to_gid,
         } => {
+            let ranges = |v: &[String], what: &str| -> Result<Vec<unionfs::idmap::Range>> {
+                let mut out = Vec::new();
+                for s in v {
+                    out.extend(
+                        unionfs::idmap::parse_ranges(s)
+                            .map_err(|e| anyhow::anyhow!("--{what} {e}"))?,
+                    );
+                }
+                Ok(out)
+            };
+            let idmap = unionfs::idmap::IdMap {
+                uids: ranges(&uidmap, "uidmap")?,
+                gids: ranges(&gidmap, "gidmap")?,
+                squash_uid: if squash_to_root {
+                    Some(0)
+                } else {
+                    squash_to_uid
+                },
+                squash_gid: if squash_to_root {
+                    Some(0)
+                } else {
+                    squash_to_gid
+                },
+            };
             let whiteout_format = match whiteout_format.as_str() {
                 "oci" => unionfs::upper::WhiteoutFormat::Oci,
                 "overlay" => unionfs::upper::WhiteoutFormat::Overlay,
                 other => bail!("--whiteout-format {other}: expected `oci` or `overlay`"),
             };
             let mut cfg = mount::MountConfig {
+                idmap,
                 upper,
                 work,
                 whiteout_format,

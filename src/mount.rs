@@ -20,10 +20,11 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::error::{Error, Result};
 use crate::fuse::rw::RwFs;
 use crate::fuse::UnionFs;
+use crate::idmap::IdMap;
 use crate::overlay::{self, Overlay};
 use crate::stack::Stack;
 use crate::tar::{self, IndexOptions};
-use crate::upper::{Upper, WhiteoutFormat};
+use crate::upper::{Upper, WhiteoutFormat, OVERRIDE_XATTR};
 
 /// Everything `unionfs mount` needs.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +57,8 @@ pub struct MountConfig {
     pub work: Option<PathBuf>,
     /// How whiteouts are written in the upper.
     pub whiteout_format: WhiteoutFormat,
+    /// How owners are reported (`--uidmap`, `--gidmap`, squash options).
+    pub idmap: IdMap,
 }
 
 /// Returns true if and only if `path` (absolute) is a mount point, according to
@@ -155,6 +158,22 @@ fn fuse_config(cfg: &MountConfig) -> Config {
 
 /// Explains a mount failure in terms of what the user can do.
 fn mount_error(mp: &Path, e: io::Error) -> Error {
+    let dev_fuse_closed = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EACCES));
+    if dev_fuse_closed {
+        return Error::Io {
+            path: "/dev/fuse".into(),
+            source: io::Error::new(
+                e.kind(),
+                "cannot be opened by this user, so nothing can be mounted: it is usually \
+                 mode 0666 (Debian's udev rule); on a machine without udev, as root: \
+                 chmod 0666 /dev/fuse",
+            ),
+        };
+    }
     let hint = match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => {
             " (is /dev/fuse accessible, and fusermount3 installed? for -o allow_other as a \
@@ -191,16 +210,47 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
     let layers = tar::open_all(&cfg.layers, &cfg.index)?;
     let stack = Arc::new(Stack::new(layers));
     match &cfg.upper {
-        None => serve_fs(UnionFs::new(stack), cfg, mp, ready),
+        None => serve_fs(
+            UnionFs::new(stack).with_idmap(cfg.idmap.clone()),
+            cfg,
+            mp,
+            ready,
+        ),
         Some(dir) => {
-            let upper = Upper::open(dir, cfg.work.as_deref(), cfg.whiteout_format)?;
+            let rootless = !privileged();
+            let upper =
+                Upper::open(dir, cfg.work.as_deref(), cfg.whiteout_format)?.with_rootless(rootless);
+            if rootless {
+                log::info!(target: "unionfs", "rootless: owners, modes and devices the daemon \
+                           cannot set are kept in {} xattrs", String::from_utf8_lossy(OVERRIDE_XATTR));
+            }
             // SAFETY: umask(2) cannot fail. Create modes arrive with the
             // caller's umask already applied by the kernel: ours must not apply.
             unsafe { libc::umask(0) };
-            let set_owner = unsafe { libc::geteuid() } == 0;
-            let ov = Overlay::new(stack, upper, overlay::Options { set_owner })?;
-            serve_fs(RwFs::new(ov), cfg, mp, ready)
+            let opts = overlay::Options {
+                set_owner: true,
+                ids: cfg.idmap.clone(),
+            };
+            let ov = Overlay::new(stack, upper, opts)?;
+            serve_fs(RwFs::new(ov, cfg.idmap.clone()), cfg, mp, ready)
         }
+    }
+}
+
+/// Returns true if and only if this process is root of the initial user
+/// namespace: able to chown to any id and make devices. Otherwise (a normal
+/// user, or root of a user namespace) a writable mount runs rootless.
+pub fn privileged() -> bool {
+    // SAFETY: trivial getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(m) => {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f == ["0", "0", "4294967295"]
+        }
+        Err(_) => true,
     }
 }
 

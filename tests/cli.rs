@@ -485,3 +485,68 @@ fn warnings_name_the_layer_file() {
         assert!(stdout(&o).contains("/ok") && !stdout(&o).contains("escape"));
     }
 }
+
+/// Id mapping on a read-only mount: ranges, the overflow id, squashing.
+#[test]
+fn uidmap_and_squash_options_report_mapped_owners() {
+    use std::os::unix::fs::MetadataExt;
+    require_fuse();
+    let (dir, layers) = sample();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = Unmount(mnt.clone());
+    let m = mnt.display().to_string();
+    let ids = |p: &str| {
+        let md = std::fs::symlink_metadata(mnt.join(p)).unwrap();
+        (md.uid(), md.gid())
+    };
+    let o = unionfs(
+        &[
+            "mount",
+            "--uidmap",
+            "1000:5000:1",
+            "--gidmap",
+            "1000:6000:1,0:7000:1",
+            "--layers",
+            &layers,
+            &m,
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ids("home/user"), (5000, 6000));
+    assert_eq!(
+        ids("etc/passwd"),
+        (65534, 7000),
+        "uid 0 is not mapped: overflow id"
+    );
+    assert!(unionfs(&["umount", &m], dir.path()).status.success());
+    let o = unionfs(
+        &[
+            "mount",
+            "--squash-to-uid",
+            "4242",
+            "--squash-to-gid",
+            "4343",
+            "--layers",
+            &layers,
+            &m,
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ids("home/user"), (4242, 4343));
+    assert_eq!(ids("etc/passwd"), (4242, 4343));
+    assert!(unionfs(&["umount", &m], dir.path()).status.success());
+    let bad = unionfs(
+        &["mount", "--uidmap", "0:1000", "--layers", &layers, &m],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("--uidmap") && stderr(&bad).contains("CONTAINER_ID:HOST_ID:COUNT"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(!is_mounted(&mnt));
+}

@@ -28,6 +28,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
+use crate::idmap::IdMap;
 use crate::inode::{self, DirNode, Inodes, ROOT};
 use crate::stack::{DirEntry, LayerRef, Merged, Stack};
 
@@ -49,6 +50,8 @@ pub struct UnionFs {
     /// union never changes, so offsets index into it for as long as it exists,
     /// and rebuilding an evicted one gives the same listing again.
     listings: Mutex<LruCache<u64, Arc<[DirEntry]>>>,
+    /// How owners are reported (`--uidmap`, squash options).
+    ids: IdMap,
 }
 
 impl std::fmt::Debug for UnionFs {
@@ -76,7 +79,21 @@ impl UnionFs {
             listings: Mutex::new(LruCache::new(
                 NonZeroUsize::new(LISTINGS).expect("non-zero"),
             )),
+            ids: IdMap::default(),
         }
+    }
+
+    /// Reports owners through `ids`.
+    pub fn with_idmap(mut self, ids: IdMap) -> UnionFs {
+        self.ids = ids;
+        self
+    }
+
+    /// Owners of `a` mapped to host ids.
+    fn mapped(&self, mut a: fuser::FileAttr) -> fuser::FileAttr {
+        a.uid = self.ids.uid_out(a.uid);
+        a.gid = self.ids.gid_out(a.gid);
+        a
     }
 
     /// Resolves an inode number the kernel sent us.
@@ -120,10 +137,10 @@ impl UnionFs {
     }
 
     fn attr_of(&self, ino: INodeNo) -> Result<fuser::FileAttr, Errno> {
-        Ok(match self.node(ino)? {
+        Ok(self.mapped(match self.node(ino)? {
             Node::Dir(d) => attr::of(&self.stack, d.merged.top, ino.0, Some(d.nlink)),
             Node::Other(r) => attr::of(&self.stack, r, ino.0, None),
-        })
+        }))
     }
 
     /// Looks `name` up in `parent`; returns the child's inode number and attributes.
@@ -149,7 +166,7 @@ impl UnionFs {
         } else {
             None
         };
-        (ino, attr::of(&self.stack, top, ino, nlink))
+        (ino, self.mapped(attr::of(&self.stack, top, ino, nlink)))
     }
 
     /// The merged listing of directory `ino` (cached).
@@ -366,7 +383,10 @@ impl Filesystem for UnionFs {
                 }
             } else {
                 let child_ino = inode::ino_of(&self.stack, d.entry);
-                (child_ino, attr::of(&self.stack, d.entry, child_ino, None))
+                (
+                    child_ino,
+                    self.mapped(attr::of(&self.stack, d.entry, child_ino, None)),
+                )
             };
             let full = reply.add(
                 INodeNo(child_ino),

@@ -22,6 +22,7 @@ use fuser::{
 
 use super::attr::{file_type, system_time, BLKSIZE};
 use super::MAX_READ;
+use crate::idmap::IdMap;
 use crate::overlay::{Attr, Overlay};
 use crate::upper::{SetAttr, Time};
 
@@ -32,12 +33,33 @@ pub const RW_TTL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct RwFs {
     ov: Overlay,
+    ids: IdMap,
 }
 
 impl RwFs {
-    /// Serves `ov`.
-    pub fn new(ov: Overlay) -> RwFs {
-        RwFs { ov }
+    /// Serves `ov`, reporting owners through `ids`.
+    pub fn new(ov: Overlay, ids: IdMap) -> RwFs {
+        RwFs { ov, ids }
+    }
+
+    /// `lstat` → `FileAttr`, owners mapped to host ids.
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let mut f = file_attr(a);
+        f.uid = self.ids.uid_out(f.uid);
+        f.gid = self.ids.gid_out(f.gid);
+        f
+    }
+
+    /// The caller's ids as container ids.
+    fn ids_of(&self, req: &Request) -> (u32, u32) {
+        (self.ids.uid_in(req.uid()), self.ids.gid_in(req.gid()))
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: io::Result<Attr>) {
+        match r {
+            Ok(a) => reply.entry(&RW_TTL, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 }
 
@@ -100,13 +122,6 @@ fn time(t: TimeOrNow) -> Time {
     }
 }
 
-fn entry(reply: ReplyEntry, r: io::Result<Attr>) {
-    match r {
-        Ok(a) => reply.entry(&RW_TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
 fn empty(reply: ReplyEmpty, r: io::Result<()>) {
     match r {
         Ok(()) => reply.ok(),
@@ -147,7 +162,7 @@ impl Filesystem for RwFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         log::trace!(target: "unionfs::fuse", "lookup({}, {n:?})", parent.0);
-        entry(reply, self.ov.lookup(parent.0, name(n)))
+        self.entry(reply, self.ov.lookup(parent.0, name(n)))
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -156,7 +171,7 @@ impl Filesystem for RwFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.ov.getattr(ino.0) {
-            Ok(a) => reply.attr(&RW_TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&RW_TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -181,14 +196,14 @@ impl Filesystem for RwFs {
     ) {
         let a = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| self.ids.uid_in(u)),
+            gid: gid.map(|g| self.ids.gid_in(g)),
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
         match self.ov.setattr(ino.0, fh.map(|f| f.0), &a) {
-            Ok(a) => reply.attr(&RW_TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&RW_TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -210,8 +225,8 @@ impl Filesystem for RwFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let ids = (req.uid(), req.gid());
-        entry(reply, self.ov.mknod(parent.0, name(n), mode, rdev, ids))
+        let ids = self.ids_of(req);
+        self.entry(reply, self.ov.mknod(parent.0, name(n), mode, rdev, ids))
     }
 
     fn mkdir(
@@ -223,8 +238,8 @@ impl Filesystem for RwFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let ids = (req.uid(), req.gid());
-        entry(reply, self.ov.mkdir(parent.0, name(n), mode, ids))
+        let ids = self.ids_of(req);
+        self.entry(reply, self.ov.mkdir(parent.0, name(n), mode, ids))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
@@ -243,9 +258,9 @@ impl Filesystem for RwFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let ids = (req.uid(), req.gid());
+        let ids = self.ids_of(req);
         let t = target.as_os_str().as_bytes();
-        entry(reply, self.ov.symlink(parent.0, name(n), t, ids))
+        self.entry(reply, self.ov.symlink(parent.0, name(n), t, ids))
     }
 
     fn rename(
@@ -272,7 +287,7 @@ impl Filesystem for RwFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.ov.link(ino.0, newparent.0, name(newname)))
+        self.entry(reply, self.ov.link(ino.0, newparent.0, name(newname)))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -431,7 +446,7 @@ impl Filesystem for RwFs {
                 off + 1,
                 n,
                 &Duration::ZERO,
-                &file_attr(&a),
+                &self.attr(&a),
                 Generation(0),
             ) {
                 return reply.ok();
@@ -449,7 +464,7 @@ impl Filesystem for RwFs {
                 i as u64 + 3,
                 OsStr::from_bytes(&e.name),
                 &RW_TTL,
-                &file_attr(&a),
+                &self.attr(&a),
                 Generation(0),
             );
             if full {
@@ -541,11 +556,11 @@ impl Filesystem for RwFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let ids = (req.uid(), req.gid());
+        let ids = self.ids_of(req);
         match self.ov.create(parent.0, name(n), mode, flags, ids) {
             Ok((a, fh)) => reply.created(
                 &RW_TTL,
-                &file_attr(&a),
+                &self.attr(&a),
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,

@@ -20,7 +20,7 @@
 //! - An object with a lower origin keeps the number the read-only mount gives it
 //!   (derived from layer and entry), whether or not it has been copied up, like
 //!   overlayfs keeps `st_ino` across copy-up. Each name of a lower hard link has
-//!   a number of its own (see [`name_ino`]); a copy-up makes that name a
+//!   a number of its own (see `name_ino`); a copy-up makes that name a
 //!   separate file (overlayfs without `index=on` breaks the link the same way).
 //! - Objects created through the mount get numbers from a counter (bit 63 set),
 //!   keyed by the upper file's `st_ino` while the kernel holds them, so the
@@ -115,10 +115,14 @@ impl Resolved {
 }
 
 /// Options of a writable union.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Give new objects the caller's uid/gid (true when the daemon can chown).
+    /// Give new objects the caller's uid/gid (chowned as root; recorded in
+    /// the override when rootless).
     pub set_owner: bool,
+    /// The id mapping: a rootless upper's real ids are host ids, turned into
+    /// container ids with it before they are reported like any other.
+    pub ids: crate::idmap::IdMap,
 }
 
 /// The writable union. See the module docs.
@@ -259,7 +263,7 @@ impl Overlay {
     /// `lstat` of the object `r` at `path`, shown as inode `ino`.
     fn stat_of(&self, path: &[Vec<u8>], r: &Resolved, ino: u64) -> io::Result<libc::stat> {
         let mut st = match (&r.upper, &r.lower) {
-            (Some(_), _) => self.upper.stat(path)?,
+            (Some(_), _) => self.upper_stat(path)?,
             (None, Some(m)) => lower_stat(&self.stack, m),
             (None, None) => return Err(eno(libc::ENOENT)),
         };
@@ -268,6 +272,22 @@ impl Overlay {
         }
         st.st_ino = ino;
         Ok(st)
+    }
+
+    /// `lstat` of the upper object at `path`, with its logical attributes.
+    pub(super) fn upper_stat(&self, path: &[Vec<u8>]) -> io::Result<libc::stat> {
+        let (mut st, logical) = self.upper.stat_logical(path)?;
+        self.fix_ids(&mut st, logical);
+        Ok(st)
+    }
+
+    /// A rootless upper's real ids are host ids (the daemon's): as container
+    /// ids they are reported like the layers' and the overrides' ones.
+    pub(super) fn fix_ids(&self, st: &mut libc::stat, logical: bool) {
+        if self.upper.is_rootless() && !logical {
+            st.st_uid = self.opts.ids.uid_in(st.st_uid);
+            st.st_gid = self.opts.ids.gid_in(st.st_gid);
+        }
     }
 
     /// Looks `name` up in directory `parent` and counts a kernel reference.
@@ -605,5 +625,6 @@ fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
             .iter()
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect(),
+        placeholder: None,
     }
 }

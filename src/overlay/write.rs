@@ -233,7 +233,11 @@ impl Overlay {
             .nodes
             .lock()
             .enter(parent, name, None, Some(new.stat.st_ino));
-        let mut st = new.stat;
+        let mut st = if self.upper.is_rootless() {
+            self.upper_stat(&child(&dir, name))?
+        } else {
+            new.stat
+        };
         st.st_ino = ino;
         Ok((Attr { ino, st }, t))
     }
@@ -369,7 +373,7 @@ impl Overlay {
     ///
     /// Unlike overlayfs without `redirect_dir` (EXDEV), a directory with lower
     /// contributions can be renamed: it is first copied up whole and made
-    /// opaque ([`Overlay::copy_up_whole`]), so the upper alone holds its
+    /// opaque (`Overlay::copy_up_whole`), so the upper alone holds its
     /// content and the result is a plain layer. Order: the object is placed
     /// under its new name, then the old name gets its whiteout: a crash in
     /// between shows both names, never neither.
@@ -521,7 +525,9 @@ impl Overlay {
     pub fn setattr(&self, ino: u64, fh: Option<u64>, a: &SetAttr) -> io::Result<Attr> {
         if let Some(h) = fh.and_then(|fh| self.handles.get(fh)) {
             if let Handle::Upper(_, f) = h.as_ref() {
-                let mut st = Upper::set_attr_fd(f.as_fd(), a)?;
+                self.upper.set_attr_fd(f.as_fd(), a)?;
+                let (mut st, logical) = self.upper.fstat_logical(f.as_fd())?;
+                self.fix_ids(&mut st, logical);
                 st.st_ino = ino;
                 return Ok(Attr { ino, st });
             }
@@ -531,11 +537,8 @@ impl Overlay {
         if r.upper.is_none() {
             self.copy_up(&path, a.size != Some(0))?;
         }
-        let mut st = self.upper.set_attr(&path, a)?;
-        if self.resolve(&path)?.is_merged_dir() {
-            st.st_nlink = 1;
-        }
-        st.st_ino = ino;
+        self.upper.set_attr(&path, a)?;
+        let st = self.stat_of(&path, &self.resolve(&path)?, ino)?;
         Ok(Attr { ino, st })
     }
 

@@ -17,6 +17,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use super::owner::Logical;
 use super::{eno, Upper};
 use crate::sys;
 
@@ -71,12 +72,25 @@ pub struct SetAttr {
 /// Applies `a` to the object `fd` refers to, in the order that keeps each step
 /// from undoing another: owner (a chown clears set-user-ID bits), mode, size,
 /// then times (a truncate sets the mtime). Returns the resulting `lstat`.
-fn apply(fd: BorrowedFd<'_>, a: &SetAttr) -> io::Result<libc::stat> {
-    if a.uid.is_some() || a.gid.is_some() {
-        sys::fchown_empty(fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
-    }
-    if let Some(m) = a.mode {
-        sys::path_chmod(fd, m & 0o7777)?;
+fn apply(upper: &Upper, fd: BorrowedFd<'_>, a: &SetAttr) -> io::Result<libc::stat> {
+    if upper.is_rootless() {
+        // Owner and mode are logical: recorded in the override (`owner.rs`).
+        if a.uid.is_some() || a.gid.is_some() || a.mode.is_some() {
+            let l = Logical {
+                uid: a.uid,
+                gid: a.gid,
+                perm: a.mode,
+                kind_rdev: None,
+            };
+            upper.set_logical(fd, l)?;
+        }
+    } else {
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::fchown_empty(fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(m) = a.mode {
+            sys::path_chmod(fd, m & 0o7777)?;
+        }
     }
     if let Some(s) = a.size {
         sys::path_truncate(fd, s)?;
@@ -84,19 +98,25 @@ fn apply(fd: BorrowedFd<'_>, a: &SetAttr) -> io::Result<libc::stat> {
     if a.atime.is_some() || a.mtime.is_some() {
         sys::futimens(fd, a.atime.map(Time::timespec), a.mtime.map(Time::timespec))?;
     }
-    sys::fstat(fd)
+    let mut st = sys::fstat(fd)?;
+    if upper.is_rootless() {
+        if let Some(o) = super::owner::read(fd) {
+            o.apply(&mut st);
+        }
+    }
+    Ok(st)
 }
 
 impl Upper {
     /// `setattr` of the object at `path` (never following a symlink: a symlink
     /// can change owner and times; mode is `EOPNOTSUPP`, size `EINVAL`).
     pub fn set_attr<P: AsRef<[u8]>>(&self, path: &[P], a: &SetAttr) -> io::Result<libc::stat> {
-        apply(self.open_path(path)?.as_fd(), a)
+        apply(self, self.open_path(path)?.as_fd(), a)
     }
 
     /// `setattr` through an open fd (a FUSE file handle) or an `O_PATH` fd.
-    pub fn set_attr_fd(fd: BorrowedFd<'_>, a: &SetAttr) -> io::Result<libc::stat> {
-        apply(fd, a)
+    pub fn set_attr_fd(&self, fd: BorrowedFd<'_>, a: &SetAttr) -> io::Result<libc::stat> {
+        apply(self, fd, a)
     }
 
     /// The value of xattr `key` of the object at `path` (`ENODATA` for private ones).

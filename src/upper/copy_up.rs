@@ -30,6 +30,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
+use super::owner::{self, Logical};
 use super::temp::Temp;
 use super::{check_name, eno, is_private_xattr, is_whiteout, Upper};
 use crate::sys;
@@ -52,6 +53,9 @@ pub struct Meta {
     pub mtime: (i64, u32),
     /// Extended attributes.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Rootless only: the object is a placeholder for a device of this type
+    /// and number (`S_IFCHR`/`S_IFBLK`, `makedev`); see `owner.rs`.
+    pub placeholder: Option<(u32, u64)>,
 }
 
 /// The result of a copy-up.
@@ -130,6 +134,18 @@ pub fn copy_up_special<P: AsRef<[u8]>>(
         libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK => {}
         _ => return Err(eno(libc::EINVAL)),
     }
+    if upper.is_rootless() && owner::is_device(kind) {
+        // An unprivileged daemon cannot make devices: a placeholder file whose
+        // override records the device (see `owner.rs`).
+        let meta = Meta {
+            placeholder: Some((kind, rdev)),
+            ..meta.clone()
+        };
+        let make = |w: BorrowedFd<'_>, n: &[u8]| {
+            sys::openat(w, n, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600).map(drop)
+        };
+        return copy_up_with(upper, path, libc::S_IFREG, &meta, make, |()| Ok(()));
+    }
     let make = |w: BorrowedFd<'_>, n: &[u8]| sys::mknodat(w, n, kind | 0o600, rdev);
     copy_up_with(upper, path, kind, meta, make, |()| Ok(()))
 }
@@ -188,9 +204,19 @@ fn existing(d: BorrowedFd<'_>, name: &[u8], kind: u32) -> io::Result<Option<Copi
 /// one set: chown clears set-user-ID bits, setxattr on some filesystems bumps
 /// ctime only, but data writes and chmod never touch the times set last).
 fn set_meta(upper: &Upper, fd: BorrowedFd<'_>, kind: u32, meta: &Meta) -> io::Result<()> {
-    upper.chown_result(sys::fchown_empty(fd, meta.uid, meta.gid))?;
-    if kind != libc::S_IFLNK {
-        sys::path_chmod(fd, meta.mode & 0o7777)?;
+    if upper.is_rootless() {
+        let l = Logical {
+            uid: Some(meta.uid),
+            gid: Some(meta.gid),
+            perm: Some(meta.mode),
+            kind_rdev: meta.placeholder,
+        };
+        upper.set_logical(fd, l)?;
+    } else {
+        upper.chown_result(sys::fchown_empty(fd, meta.uid, meta.gid))?;
+        if kind != libc::S_IFLNK {
+            sys::path_chmod(fd, meta.mode & 0o7777)?;
+        }
     }
     for (k, v) in &meta.xattrs {
         copy_xattr(fd, kind, k, v)?;
@@ -289,6 +315,7 @@ mod tests {
                 (b"trusted.overlay.opaque".to_vec(), b"y".to_vec()),
                 (b"user.unionfs.x".to_vec(), b"z".to_vec()),
             ],
+            placeholder: None,
         }
     }
 

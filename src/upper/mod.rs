@@ -35,6 +35,7 @@ pub mod tree;
 
 mod attr;
 mod ops;
+mod owner;
 mod scan;
 mod temp;
 mod whiteout;
@@ -46,6 +47,7 @@ mod testutil;
 
 pub use attr::{is_private_xattr, SetAttr, Time};
 pub use ops::New;
+pub use owner::{Override, OVERRIDE_XATTR};
 pub use temp::TEMP_PREFIX;
 pub use whiteout::{is_whiteout, OPAQUE_XATTRS};
 

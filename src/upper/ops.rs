@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use super::owner;
 use super::temp::{self, Placed, Temp};
 use super::{check_name, eno, is_whiteout, Owner, Upper};
 use crate::sys;
@@ -104,6 +105,23 @@ impl Upper {
             0 | libc::S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK => {}
             _ => return Err(eno(libc::EINVAL)),
         }
+        if self.is_rootless() && owner::is_device(mode) {
+            // A placeholder file whose override records the device (`owner.rs`).
+            let make = |d: BorrowedFd<'_>, n: &[u8]| {
+                let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                sys::openat(d, n, flags, 0o600).map(drop)
+            };
+            let new = self.create_with(dir, name, owner, false, make)?.1;
+            let fd = self.open_dir(dir)?;
+            let f = sys::openat(fd.as_fd(), name, libc::O_PATH, 0)?;
+            let l = owner::Logical {
+                perm: Some(mode & 0o7777),
+                kind_rdev: Some((mode & libc::S_IFMT, rdev)),
+                ..Default::default()
+            };
+            self.set_logical(f.as_fd(), l)?;
+            return Ok(new);
+        }
         let make = |d: BorrowedFd<'_>, n: &[u8]| sys::mknodat(d, n, mode, rdev);
         Ok(self.create_with(dir, name, owner, false, make)?.1)
     }
@@ -132,6 +150,22 @@ impl Upper {
         let fd = self.open_dir(fdir)?;
         let make = |d: BorrowedFd<'_>, n: &[u8]| sys::linkat(fd.as_fd(), fname, d, n);
         Ok(self.create_with(to_dir, to_name, None, false, make)?.1)
+    }
+
+    /// Gives a new object its owner: `chown` as root; rootless, the owner is
+    /// recorded in the override (with the mode the daemon can keep using).
+    fn own(&self, fd: BorrowedFd<'_>, o: Owner) -> io::Result<()> {
+        if !self.is_rootless() {
+            return self.chown_result(sys::fchown_empty(fd, o.uid, o.gid));
+        }
+        let perm = sys::fstat(fd)?.st_mode & 0o7777;
+        let l = owner::Logical {
+            uid: Some(o.uid),
+            gid: Some(o.gid),
+            perm: Some(perm),
+            kind_rdev: None,
+        };
+        self.set_logical(fd, l)
     }
 
     /// The common create path: checks, then in place or over a whiteout.
@@ -174,7 +208,7 @@ impl Upper {
         };
         let fd = sys::openat(d, name, libc::O_PATH, 0)?;
         if let Some(o) = owner {
-            self.chown_result(sys::fchown_empty(fd.as_fd(), o.uid, o.gid))?;
+            self.own(fd.as_fd(), o)?;
         }
         let wh = oci_whiteout_name(name).filter(|w| sys::statat(d, w).is_ok());
         if is_dir && wh.is_some() {
@@ -221,7 +255,7 @@ impl Upper {
             owner.map_or(u32::MAX, |o| o.gid)
         };
         if (uid, gid) != (u32::MAX, u32::MAX) {
-            self.chown_result(sys::fchown_empty(fd.as_fd(), uid, gid))?;
+            self.own(fd.as_fd(), Owner { uid, gid })?;
         }
         if is_dir {
             if sgid {

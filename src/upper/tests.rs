@@ -405,7 +405,7 @@ fn set_attr_on_files_dirs_and_fds() {
     };
     assert_eq!(errno(u.set_attr(&p("d"), &size)), libc::EISDIR);
     let file = u.open_file(&p("f"), libc::O_RDWR).unwrap();
-    let st = Upper::set_attr_fd(file.as_fd(), &size).unwrap();
+    let st = u.set_attr_fd(file.as_fd(), &size).unwrap();
     assert_eq!(st.st_size, 1);
     let dm = SetAttr {
         mode: Some(0o1777),

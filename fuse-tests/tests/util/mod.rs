@@ -517,7 +517,11 @@ impl Mount {
         let stack = Arc::new(Stack::new(tars));
         let up = Upper::open(upper, None, format).expect("open upper");
         let set_owner = unsafe { libc::geteuid() } == 0;
-        let ov = Overlay::new(stack, up, overlay::Options { set_owner }).expect("scan upper");
+        let opts = overlay::Options {
+            set_owner,
+            ..Default::default()
+        };
+        let ov = Overlay::new(stack, up, opts).expect("scan upper");
         let mnt_dir = tempfile::Builder::new()
             .prefix("unionfs-mnt-")
             .tempdir()
@@ -525,7 +529,7 @@ impl Mount {
         let path = mnt_dir.path().canonicalize().expect("canonical mountpoint");
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
-        let session = fuser::spawn_mount(RwFs::new(ov), &path, &cfg)
+        let session = fuser::spawn_mount(RwFs::new(ov, Default::default()), &path, &cfg)
             .unwrap_or_else(|e| panic!("mount unionfs on {}: {e}", path.display()));
         assert!(
             is_mounted(&path),
