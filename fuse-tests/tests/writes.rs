@@ -1082,3 +1082,23 @@ fn concurrent_random_operations_leave_a_consistent_upper() {
         "temp files left in the work dir"
     );
 }
+
+/// Names over NAME_MAX are ENAMETOOLONG for every call, as pjdfstest expects
+/// (FUSE itself passes names of up to 1024 bytes).
+#[test]
+fn names_over_name_max_are_enametoolong() {
+    let rw = rw!(image());
+    let long = "x".repeat(256);
+    let p = rw.p(&format!("etc/{long}"));
+    assert_eq!(errno_of(fs::symlink_metadata(&p)), libc::ENAMETOOLONG);
+    assert_eq!(errno_of(fs::write(&p, "")), libc::ENAMETOOLONG);
+    assert_eq!(errno_of(fs::create_dir(&p)), libc::ENAMETOOLONG);
+    assert_eq!(errno_of(fs::remove_file(&p)), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno_of(fs::rename(rw.p("etc/passwd"), &p)),
+        libc::ENAMETOOLONG
+    );
+    let ok = rw.p(&format!("etc/{}", "y".repeat(255)));
+    fs::write(&ok, "255 bytes is fine").unwrap();
+    assert_eq!(fs::read_to_string(&ok).unwrap(), "255 bytes is fine");
+}

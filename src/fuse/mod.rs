@@ -224,6 +224,11 @@ impl Filesystem for UnionFs {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
+        // FUSE passes names up to 1024 bytes; no layer or upper can hold one
+        // over NAME_MAX, and POSIX says so with ENAMETOOLONG, not ENOENT.
+        if name_bytes(name).len() > crate::tar::index::NAME_MAX {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
         match self.lookup_child(parent.0, &dir, name_bytes(name)) {
             Some((_, attr)) => reply.entry(&LAYER_TTL, &attr, Generation(0)),
             None => reply.error(Errno::ENOENT),

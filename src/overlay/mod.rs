@@ -292,6 +292,11 @@ impl Overlay {
 
     /// Looks `name` up in directory `parent` and counts a kernel reference.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> io::Result<Attr> {
+        // FUSE passes names up to 1024 bytes: past NAME_MAX it is ENAMETOOLONG
+        // (pjdfstest checks it), never ENOENT.
+        if name.len() > crate::tar::index::NAME_MAX {
+            return Err(eno(libc::ENAMETOOLONG));
+        }
         let mut path = self.path_of(parent)?;
         path.push(name.to_vec());
         let tree = self.tree.read();

@@ -20,8 +20,14 @@ use crate::upper::tree::UpperTree;
 use crate::upper::{New, Owner, SetAttr, Time, Upper, WhiteoutFormat};
 use crate::whiteout::is_reserved;
 
-/// Refuses names that only markers may have (`.wh.*`): EINVAL, as overlayfs.
+/// Refuses names over NAME_MAX (`ENAMETOOLONG`) and names only markers may
+/// have (`.wh.*`: `EINVAL`). Kernel overlayfs allows the latter; unionfs does
+/// not, because such a name cannot be represented in an OCI layer (it would
+/// read as a whiteout).
 fn check_name(name: &[u8]) -> io::Result<()> {
+    if name.len() > crate::tar::index::NAME_MAX {
+        return Err(eno(libc::ENAMETOOLONG));
+    }
     if is_reserved(name) {
         return Err(eno(libc::EINVAL));
     }
