@@ -113,6 +113,16 @@ impl Rw {
     fn root(&self) -> &Path {
         &self.m.as_ref().unwrap().path
     }
+
+    /// No temp file of a copy-up or create is left in the work dir.
+    fn assert_work_dir_clean(&self) {
+        let work = self.dir.path().join(".upper.unionfs-work");
+        assert_eq!(
+            names(&work),
+            Vec::<String>::new(),
+            "temp files left in the work dir"
+        );
+    }
 }
 
 macro_rules! rw {
@@ -280,12 +290,7 @@ fn racing_writers_copy_up_once_and_every_append_lands() {
     want.push("new".into());
     want.sort();
     assert_eq!(lines, want);
-    let work = rw.dir.path().join(".upper.unionfs-work");
-    assert_eq!(
-        names(&work),
-        Vec::<String>::new(),
-        "temp files left in the work dir"
-    );
+    rw.assert_work_dir_clean();
 }
 
 // ---------------------------------------------------------------------------
@@ -1075,12 +1080,7 @@ fn concurrent_random_operations_leave_a_consistent_upper() {
     rw.remount();
     let after = comparable(rw.root());
     assert_same(&before, &after, "the view changed across a remount");
-    let work = rw.dir.path().join(".upper.unionfs-work");
-    assert_eq!(
-        names(&work),
-        Vec::<String>::new(),
-        "temp files left in the work dir"
-    );
+    rw.assert_work_dir_clean();
 }
 
 /// Names over NAME_MAX are ENAMETOOLONG for every call, as pjdfstest expects

@@ -47,18 +47,7 @@ pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileA
     let kind = file_type(e.mode);
     let (size, blocks, nlink) = match kind {
         FileType::Directory => (4096, 8, dir_nlink.unwrap_or(2)),
-        FileType::RegularFile => {
-            let stored = if e.has(crate::tar::index::F_SPARSE) {
-                idx.extra(idx.inode_of(r.entry))
-                    .sparse
-                    .iter()
-                    .map(|&(_, l)| l)
-                    .sum()
-            } else {
-                e.size
-            };
-            (e.size, stored.div_ceil(512), e.count.max(1))
-        }
+        FileType::RegularFile => (e.size, stack.stored_blocks(r), e.count.max(1)),
         _ => (e.size, 0, e.count.max(1)),
     };
     let dev = match kind {

@@ -589,16 +589,7 @@ fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
         }
         libc::S_IFREG => {
             st.st_size = e.size as i64;
-            let stored: u64 = if e.has(crate::tar::index::F_SPARSE) {
-                idx.extra(idx.inode_of(r.entry))
-                    .sparse
-                    .iter()
-                    .map(|&(_, l)| l)
-                    .sum()
-            } else {
-                e.size
-            };
-            st.st_blocks = stored.div_ceil(512) as i64;
+            st.st_blocks = stack.stored_blocks(r) as i64;
             st.st_nlink = u64::from(e.count.max(1));
         }
         libc::S_IFCHR | libc::S_IFBLK => {

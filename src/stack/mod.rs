@@ -102,6 +102,23 @@ impl Stack {
         idx.entry(idx.inode_of(r.entry))
     }
 
+    /// `st_blocks` (512-byte units) of the regular file `r`: its data, without
+    /// the holes of a sparse file.
+    pub fn stored_blocks(&self, r: LayerRef) -> u64 {
+        let e = self.rec(r);
+        let idx = self.index(r);
+        let stored: u64 = if e.has(crate::tar::index::F_SPARSE) {
+            idx.extra(idx.inode_of(r.entry))
+                .sparse
+                .iter()
+                .map(|&(_, l)| l)
+                .sum()
+        } else {
+            e.size
+        };
+        stored.div_ceil(512)
+    }
+
     /// The name of `r` in its directory.
     pub fn name(&self, r: LayerRef) -> &[u8] {
         self.index(r).name(r.entry)

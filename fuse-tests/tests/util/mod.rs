@@ -485,26 +485,34 @@ impl Mount {
         }
         let tars = unionfs::tar::open_all(layers, opts).expect("open layers");
         let stack = Arc::new(Stack::new(tars));
-        let fs = UnionFs::new(stack);
+        Some(Mount::spawn(UnionFs::new(stack), &fuse_config(), layers))
+    }
+
+    /// Mounts `fs` with `cfg` on a fresh temporary mountpoint.
+    fn spawn<F: fuser::Filesystem + Send + Sync + 'static>(
+        fs: F,
+        cfg: &Config,
+        layers: &[PathBuf],
+    ) -> Mount {
         let mnt_dir = tempfile::Builder::new()
             .prefix("unionfs-mnt-")
             .tempdir()
             .expect("mountpoint tempdir");
         let path = mnt_dir.path().canonicalize().expect("canonical mountpoint");
-        let session = fuser::spawn_mount(fs, &path, &fuse_config())
+        let session = fuser::spawn_mount(fs, &path, cfg)
             .unwrap_or_else(|e| panic!("mount unionfs on {}: {e}", path.display()));
         assert!(
             is_mounted(&path),
             "{} not in mountinfo after mount",
             path.display()
         );
-        Some(Mount {
+        Mount {
             session: Some(session),
             path,
             layers: layers.to_vec(),
             mnt_dir: Some(mnt_dir),
             _tar_dir: None,
-        })
+        }
     }
 
     /// Mounts existing layer tars (bottom first) with the writable upper
@@ -522,27 +530,13 @@ impl Mount {
             ..Default::default()
         };
         let ov = Overlay::new(stack, up, opts).expect("scan upper");
-        let mnt_dir = tempfile::Builder::new()
-            .prefix("unionfs-mnt-")
-            .tempdir()
-            .expect("mountpoint tempdir");
-        let path = mnt_dir.path().canonicalize().expect("canonical mountpoint");
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
-        let session = fuser::spawn_mount(RwFs::new(ov, Default::default()), &path, &cfg)
-            .unwrap_or_else(|e| panic!("mount unionfs on {}: {e}", path.display()));
-        assert!(
-            is_mounted(&path),
-            "{} not in mountinfo after mount",
-            path.display()
-        );
-        Some(Mount {
-            session: Some(session),
-            path,
-            layers: layers.to_vec(),
-            mnt_dir: Some(mnt_dir),
-            _tar_dir: None,
-        })
+        Some(Mount::spawn(
+            RwFs::new(ov, Default::default()),
+            &cfg,
+            layers,
+        ))
     }
 
     /// A path inside the mount (`rel` may be bytes, not UTF-8).

@@ -53,20 +53,30 @@ pub struct Overlay {
 impl Overlay {
     /// Mounts `lowers` (given bottom first) on `mnt` (absolute, canonical).
     pub fn mount(lowers: &[PathBuf], mnt: &Path) -> Overlay {
-        let lowerdir: Vec<String> = lowers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
+        Overlay::mount_with(&format!("lowerdir={}", lowerdir(lowers)), mnt)
+    }
+
+    /// Mounts `lowers` (bottom first) with `upper` and `work` on `mnt`, with
+    /// `redirect_dir=on` so that directories with lower content can be renamed.
+    pub fn mount_rw(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Overlay {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},redirect_dir=on",
+            lowerdir(lowers),
+            upper.display(),
+            work.display()
+        );
+        Overlay::mount_with(&opts, mnt)
+    }
+
+    fn mount_with(opts: &str, mnt: &Path) -> Overlay {
         let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("lowerdir={}", lowerdir.join(":")))
+            .args(["-t", "overlay", "overlay", "-o", opts])
             .arg(mnt)
             .output()
             .expect("run mount");
         assert!(
             out.status.success(),
-            "mount -t overlay failed: {}",
+            "mount -t overlay -o {opts} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let path = mnt.to_path_buf();
@@ -75,35 +85,14 @@ impl Overlay {
     }
 }
 
-impl Overlay {
-    /// Mounts `lowers` (bottom first) with `upper` and `work` on `mnt`, with
-    /// `redirect_dir=on` so that directories with lower content can be renamed.
-    pub fn mount_rw(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Overlay {
-        let lowerdir: Vec<String> = lowers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!(
-                "lowerdir={},upperdir={},workdir={},redirect_dir=on",
-                lowerdir.join(":"),
-                upper.display(),
-                work.display()
-            ))
-            .arg(mnt)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount -t overlay (rw) failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = mnt.to_path_buf();
-        assert!(is_mounted(&path), "overlay not in mountinfo");
-        Overlay { path }
-    }
+/// overlayfs's `lowerdir=` value: top first.
+fn lowerdir(lowers: &[PathBuf]) -> String {
+    let v: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    v.join(":")
 }
 
 impl Drop for Overlay {
