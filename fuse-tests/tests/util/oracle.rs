@@ -68,6 +68,17 @@ impl Overlay {
         Overlay::mount_with(&opts, mnt)
     }
 
+    /// As [`Overlay::mount_rw`], without `redirect_dir` (the kernel's default).
+    pub fn mount_rw_plain(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Overlay {
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir(lowers),
+            upper.display(),
+            work.display()
+        );
+        Overlay::mount_with(&opts, mnt)
+    }
+
     fn mount_with(opts: &str, mnt: &Path) -> Overlay {
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", opts])
