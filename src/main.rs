@@ -22,7 +22,7 @@ use unionfs::tar::{self, IndexOptions, TarLayer};
 #[command(
     after_help = "Layers are given bottom first, in the order of docker's manifest.json \
 (`Layers`): `--layers base.tar:app.tar` puts app.tar on top of base.tar.\n\
-Examples:\n  unionfs ls --layers base.tar:app.tar /etc\n  unionfs ls --layers base.tar:app.tar -R --json\n  \
+Examples:\n  unionfs mount --layers base.tar:app.tar --upper ./rw /mnt/c\n  unionfs ls --layers base.tar:app.tar /etc\n  unionfs ls --layers base.tar:app.tar -R --json\n  \
 unionfs index base.tar\n  unionfs verify base.tar --diff-id sha256:…"
 )]
 struct Cli {
@@ -92,11 +92,14 @@ impl LayerArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount the merged view of the layers (read-only) on MOUNTPOINT.
+    /// Mount the merged view of the layers on MOUNTPOINT: read-only, or with
+    /// --upper DIR writable (changes land in DIR, as with overlayfs upperdir=).
     ///
-    /// Returns once the mount is live (the server stays in the background; use
+    /// Layers are listed bottom first (docker's manifest.json order). Returns
+    /// once the mount is live (the server stays in the background; use
     /// --foreground to keep it attached). Unmount with `unionfs umount MOUNTPOINT`,
     /// `fusermount3 -u MOUNTPOINT`, or Ctrl-C / SIGTERM to a foreground server.
+    /// A normal user mounts through fusermount3 (rootless: owners kept in xattrs).
     Mount {
         #[command(flatten)]
         layers: LayerArgs,
