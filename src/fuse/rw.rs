@@ -341,7 +341,10 @@ impl Filesystem for RwFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok()
+        // Writes reach the upper synchronously (no write-back in the daemon), so
+        // a close has nothing to flush or report. ENOSYS makes the kernel stop
+        // sending FLUSH: one round trip less per close (5 -> 4 for a create).
+        reply.error(Errno::ENOSYS)
     }
 
     fn release(
