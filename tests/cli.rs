@@ -261,21 +261,7 @@ fn foreground_mount_unmounts_on_sigterm() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _guard = Unmount(mnt.clone());
-    let mut child = Command::new(BIN)
-        .args(["mount", "-f", "--layers", &layers])
-        .arg(&mnt)
-        .env("XDG_CACHE_HOME", dir.path())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !is_mounted(&mnt) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "mount did not appear"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "mount -f exited early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = mount_fg(&["--layers", &layers], &mnt, dir.path());
     assert!(mnt.join("etc/passwd").exists());
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -290,20 +276,7 @@ fn fusermount3_unmount_ends_the_server() {
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let _guard = Unmount(mnt.clone());
-    let mut child = Command::new(BIN)
-        .args(["mount", "-f", "--layers", &layers])
-        .arg(&mnt)
-        .env("XDG_CACHE_HOME", dir.path())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !is_mounted(&mnt) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "mount did not appear"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = mount_fg(&["--layers", &layers], &mnt, dir.path());
     let st = Command::new("fusermount3")
         .arg("-u")
         .arg(&mnt)

@@ -181,6 +181,23 @@ impl UnionFs {
     }
 }
 
+/// Asks the kernel for `caps` (those it lacks are logged) and for 1 MiB
+/// requests. The kernel offers its default readahead (128 KiB) and a
+/// filesystem may only lower it; a larger max_write raises max_pages, so that
+/// once the bdi's read_ahead_kb is raised (mount.rs does, as root) reads
+/// arrive in 1 MiB requests instead of 128 KiB ones.
+pub(crate) fn negotiate(config: &mut KernelConfig, caps: &[InitFlags]) {
+    for &cap in caps {
+        if config.add_capabilities(cap).is_err() {
+            log::debug!(target: "unionfs::fuse", "kernel lacks {cap:?}");
+        }
+    }
+    if let Err(nearest) = config.set_max_readahead(MAX_READ) {
+        let _ = config.set_max_readahead(nearest);
+    }
+    let _ = config.set_max_write(MAX_READ);
+}
+
 fn name_bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
@@ -191,24 +208,15 @@ impl Filesystem for UnionFs {
         // only for a directory's first chunk, then plain READDIR plus one LOOKUP
         // per entry for `find -printf %s`, `ls -l`, `du`... (measured: 16k
         // LOOKUPs for a 20k-entry tree). Attributes cost us nothing to add.
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ASYNC_READ,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                log::debug!(target: "unionfs::fuse", "kernel lacks {cap:?}");
-            }
-        }
-        // The kernel offers its default readahead (128 KiB) and a filesystem may
-        // only lower it; a larger max_write raises max_pages, so that once the
-        // bdi's read_ahead_kb is raised (mount.rs does, as root) reads arrive in
-        // 1 MiB requests instead of 128 KiB ones.
-        if let Err(nearest) = config.set_max_readahead(MAX_READ) {
-            let _ = config.set_max_readahead(nearest);
-        }
-        let _ = config.set_max_write(MAX_READ);
+        negotiate(
+            config,
+            &[
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_CACHE_SYMLINKS,
+                InitFlags::FUSE_PARALLEL_DIROPS,
+                InitFlags::FUSE_ASYNC_READ,
+            ],
+        );
         log::info!(
             target: "unionfs::fuse",
             "mounted {} layers, FUSE ABI {:?}",

@@ -140,21 +140,16 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
 
 impl Filesystem for RwFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ASYNC_READ,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            InitFlags::FUSE_BIG_WRITES,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                log::debug!(target: "unionfs::fuse", "kernel lacks {cap:?}");
-            }
-        }
-        if let Err(nearest) = config.set_max_readahead(MAX_READ) {
-            let _ = config.set_max_readahead(nearest);
-        }
-        let _ = config.set_max_write(MAX_READ);
+        super::negotiate(
+            config,
+            &[
+                InitFlags::FUSE_DO_READDIRPLUS,
+                InitFlags::FUSE_PARALLEL_DIROPS,
+                InitFlags::FUSE_ASYNC_READ,
+                InitFlags::FUSE_ATOMIC_O_TRUNC,
+                InitFlags::FUSE_BIG_WRITES,
+            ],
+        );
         log::info!(target: "unionfs::fuse", "mounted {} layers with upper {}",
             self.ov.stack().layers().len(), self.ov.upper().path().display());
         Ok(())
