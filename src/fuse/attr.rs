@@ -23,6 +23,30 @@ pub fn file_type(mode: u32) -> FileType {
     }
 }
 
+/// The attributes of a negative entry: inode 0 tells the kernel "no such
+/// name" and lets it cache that answer for the reply's TTL (a plain ENOENT is
+/// asked again at every lookup: every PATH search, every missing config file).
+pub fn negative() -> FileAttr {
+    let t = UNIX_EPOCH;
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
 /// A Unix time as `SystemTime` (negative times included).
 pub fn system_time(secs: i64, nsec: u32) -> SystemTime {
     let nsec = nsec.min(999_999_999);

@@ -239,7 +239,8 @@ impl Filesystem for UnionFs {
         }
         match self.lookup_child(parent.0, &dir, name_bytes(name)) {
             Some((_, attr)) => reply.entry(&LAYER_TTL, &attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // Layers never change: the kernel may remember the absence as long.
+            None => reply.entry(&LAYER_TTL, &attr::negative(), Generation(0)),
         }
     }
 

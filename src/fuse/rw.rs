@@ -157,7 +157,15 @@ impl Filesystem for RwFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         log::trace!(target: "unionfs::fuse", "lookup({}, {n:?})", parent.0);
-        self.entry(reply, self.ov.lookup(parent.0, name(n)))
+        match self.ov.lookup(parent.0, name(n)) {
+            // A negative entry: the kernel remembers the absence for the TTL.
+            // Safe on a writable mount: a name can only appear through this
+            // mount, and the kernel then replaces its negative dentry itself.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                reply.entry(&RW_TTL, &super::attr::negative(), Generation(0))
+            }
+            r => self.entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
