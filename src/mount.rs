@@ -228,7 +228,6 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
             // caller's umask already applied by the kernel: ours must not apply.
             unsafe { libc::umask(0) };
             let opts = overlay::Options {
-                set_owner: true,
                 ids: cfg.idmap.clone(),
             };
             let ov = Overlay::new(stack, upper, opts)?;

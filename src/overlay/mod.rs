@@ -114,12 +114,10 @@ impl Resolved {
     }
 }
 
-/// Options of a writable union.
+/// Options of a writable union. New objects always get the caller's ids
+/// (chowned as root, recorded in the override when rootless).
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Give new objects the caller's uid/gid (chowned as root; recorded in
-    /// the override when rootless).
-    pub set_owner: bool,
     /// The id mapping: a rootless upper's real ids are host ids, turned into
     /// container ids with it before they are reported like any other.
     pub ids: crate::idmap::IdMap,
@@ -241,7 +239,7 @@ impl Overlay {
     // ---- inode numbers and attributes --------------------------------------
 
     /// The inode number for `r` (found at `parent`/`name`), counting one
-    /// kernel lookup reference when `count`.
+    /// kernel lookup reference.
     fn ino_for(&self, r: &Resolved, parent: u64, name: &[u8]) -> u64 {
         let fixed = self.origin_ino(r);
         let upper_ino = r.upper.map(|u| u.ino);

@@ -73,6 +73,11 @@ impl Overlay {
     /// component's data is copied unless `with_data` is false (it is about to
     /// be truncated to 0).
     pub(super) fn copy_up(&self, path: &[Vec<u8>], with_data: bool) -> io::Result<()> {
+        // The common case, on every create, remove and rename: already in the
+        // upper, and then so are all its ancestors (the tree has no orphans).
+        if self.resolve(path)?.upper.is_some() {
+            return Ok(());
+        }
         for i in 1..=path.len() {
             self.copy_up_one(&path[..i], i < path.len() || with_data)?;
         }
@@ -189,17 +194,14 @@ impl Overlay {
 
     /// The owner of a new object made by `uid`/`gid` in `dir` (a set-group-ID
     /// directory gives its group, as the kernel's `inode_init_owner`).
-    fn owner(&self, dir: &[Vec<u8>], uid: u32, gid: u32) -> io::Result<Option<Owner>> {
-        if !self.opts.set_owner {
-            return Ok(None);
-        }
+    fn owner(&self, dir: &[Vec<u8>], (uid, gid): (u32, u32)) -> io::Result<Owner> {
         let st = self.upper.stat(dir)?;
         let gid = if st.st_mode & libc::S_ISGID != 0 {
             st.st_gid
         } else {
             gid
         };
-        Ok(Some(Owner { uid, gid }))
+        Ok(Owner { uid, gid })
     }
 
     /// The common create path: `make(upper, dir path, owner)` makes the object
@@ -208,7 +210,7 @@ impl Overlay {
         &self,
         parent: u64,
         name: &[u8],
-        (uid, gid): (u32, u32),
+        ids: Option<(u32, u32)>,
         make: impl FnOnce(&Upper, &[Vec<u8>], Option<Owner>) -> io::Result<(T, New)>,
     ) -> io::Result<(Attr, T)> {
         check_name(name)?;
@@ -225,7 +227,8 @@ impl Overlay {
         if self.resolve_child(&tree, &rd, name).is_some() {
             return Err(eno(libc::EEXIST));
         }
-        let owner = self.owner(&dir, uid, gid)?;
+        // A hard link (no `ids`) keeps its file's owner.
+        let owner = ids.map(|ids| self.owner(&dir, ids)).transpose()?;
         let (t, new) = make(&self.upper, &dir, owner)?;
         let kind = new.stat.st_mode & libc::S_IFMT;
         let unode = tree
@@ -258,7 +261,7 @@ impl Overlay {
         ids: (u32, u32),
     ) -> io::Result<(Attr, u64)> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC);
-        let (attr, f) = self.make(parent, name, ids, |up, dir, owner| {
+        let (attr, f) = self.make(parent, name, Some(ids), |up, dir, owner| {
             up.create_file(dir, name, flags, mode, owner)
         })?;
         let fh = self.handles.insert(Handle::Upper(attr.ino, f));
@@ -268,7 +271,7 @@ impl Overlay {
     /// Creates a directory.
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, ids: (u32, u32)) -> io::Result<Attr> {
         let mk = |up: &Upper, dir: &[Vec<u8>], owner| Ok(((), up.mkdir(dir, name, mode, owner)?));
-        Ok(self.make(parent, name, ids, mk)?.0)
+        Ok(self.make(parent, name, Some(ids), mk)?.0)
     }
 
     /// Creates a fifo, socket, device or regular file (`mode` has the type).
@@ -283,7 +286,7 @@ impl Overlay {
         let dev = decode_rdev(rdev);
         let mk =
             |up: &Upper, dir: &[Vec<u8>], owner| Ok(((), up.mknod(dir, name, mode, dev, owner)?));
-        Ok(self.make(parent, name, ids, mk)?.0)
+        Ok(self.make(parent, name, Some(ids), mk)?.0)
     }
 
     /// Creates a symlink to `target`.
@@ -296,7 +299,7 @@ impl Overlay {
     ) -> io::Result<Attr> {
         let mk =
             |up: &Upper, dir: &[Vec<u8>], owner| Ok(((), up.symlink(dir, name, target, owner)?));
-        Ok(self.make(parent, name, ids, mk)?.0)
+        Ok(self.make(parent, name, Some(ids), mk)?.0)
     }
 
     /// Makes `newparent`/`newname` a hard link to `ino` (copied up first).
@@ -308,7 +311,7 @@ impl Overlay {
         }
         self.copy_up(&src, true)?;
         let mk = |up: &Upper, dir: &[Vec<u8>], _| Ok(((), up.link(&src, dir, newname)?));
-        let (mut a, ()) = self.make(newparent, newname, (0, 0), mk)?;
+        let (mut a, ()) = self.make(newparent, newname, None, mk)?;
         // The link count changed for every name: report the upper's.
         a.st.st_nlink = self.upper.stat(&src).map_or(a.st.st_nlink, |s| s.st_nlink);
         Ok(a)

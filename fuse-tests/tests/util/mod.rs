@@ -524,12 +524,7 @@ impl Mount {
         let tars = unionfs::tar::open_all(layers, &IndexOptions::default()).expect("open layers");
         let stack = Arc::new(Stack::new(tars));
         let up = Upper::open(upper, None, format).expect("open upper");
-        let set_owner = unsafe { libc::geteuid() } == 0;
-        let opts = overlay::Options {
-            set_owner,
-            ..Default::default()
-        };
-        let ov = Overlay::new(stack, up, opts).expect("scan upper");
+        let ov = Overlay::new(stack, up, overlay::Options::default()).expect("scan upper");
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
         Some(Mount::spawn(
