@@ -109,7 +109,8 @@ enum Cmd {
         #[arg(short, long)]
         foreground: bool,
         /// Mount options, comma-separated: allow_other, allow_root, suid, dev,
-        /// no_default_permissions (default: nosuid, nodev, kernel permission checks).
+        /// no_default_permissions, nopassthrough (default: nosuid, nodev, kernel
+        /// permission checks, and, as root, FUSE passthrough of upper files).
         #[arg(short = 'o', value_name = "OPT[,OPT…]")]
         options: Vec<String>,
         /// FUSE worker threads.
@@ -307,8 +308,10 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     "nodev" => cfg.dev = false,
                     "default_permissions" => cfg.no_default_permissions = false,
                     "no_default_permissions" => cfg.no_default_permissions = true,
+                    "passthrough" => cfg.no_passthrough = false,
+                    "nopassthrough" => cfg.no_passthrough = true,
                     "ro" => {}
-                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions)"),
+                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough)"),
                 }
             }
             mount::run(&cfg)?;

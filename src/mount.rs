@@ -45,6 +45,9 @@ pub struct MountConfig {
     pub dev: bool,
     /// Leave permission checks to unionfs rather than the kernel (default: kernel).
     pub no_default_permissions: bool,
+    /// Serve upper files through the daemon even where FUSE passthrough is
+    /// available (`-o nopassthrough`).
+    pub no_passthrough: bool,
     /// FUSE worker threads.
     pub threads: usize,
     /// Index caching.
@@ -231,7 +234,8 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
                 ids: cfg.idmap.clone(),
             };
             let ov = Overlay::new(stack, upper, opts)?;
-            serve_fs(RwFs::new(ov, cfg.idmap.clone()), cfg, mp, ready)
+            let fs = RwFs::new(ov, cfg.idmap.clone()).with_passthrough(!rootless && !cfg.no_passthrough);
+            serve_fs(fs, cfg, mp, ready)
         }
     }
 }

@@ -523,3 +523,85 @@ fn uidmap_and_squash_options_report_mapped_owners() {
     );
     assert!(!is_mounted(&mnt));
 }
+
+/// Bytes the process `pid` has written by syscalls (`wchar` of /proc/PID/io):
+/// a FUSE daemon's replies to READ and its writes to the upper both count.
+fn wchar(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wchar in /proc/PID/io")
+}
+
+/// As root, reads and writes of upper files go by FUSE passthrough: the
+/// daemon moves none of their bytes. `-o nopassthrough` serves them through
+/// the daemon. Either way the bytes land in the upper, through write(2),
+/// through a shared mmap and after a copy-up of a lower file.
+#[test]
+fn upper_file_io_goes_by_passthrough_unless_switched_off() {
+    require_fuse();
+    let (dir, layers) = sample();
+    const MIB: usize = 1 << 20;
+    let pattern: Vec<u8> = (0..16 * MIB).map(|i| (i % 251) as u8).collect();
+    for passthrough in [true, false] {
+        let case = dir.path().join(format!("pt-{passthrough}"));
+        let (upper, mnt) = (case.join("upper"), case.join("mnt"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let _guard = Unmount(mnt.clone());
+        let up = upper.display().to_string();
+        let mut args = vec!["--layers", &layers, "--upper", &up];
+        if !passthrough {
+            args.extend(["-o", "nopassthrough"]);
+        }
+        let mut child = mount_fg(&args, &mnt, dir.path());
+        let pid = child.id();
+
+        let before = wchar(pid);
+        std::fs::write(mnt.join("new.bin"), &pattern).unwrap();
+        let got = std::fs::read(mnt.join("new.bin")).unwrap();
+        let moved = wchar(pid) - before;
+        assert!(got == pattern, "passthrough={passthrough}: read back differs");
+        assert!(
+            std::fs::read(upper.join("new.bin")).unwrap() == pattern,
+            "passthrough={passthrough}: upper file differs"
+        );
+        if passthrough {
+            assert!(moved < MIB as u64, "the daemon moved {moved} bytes of a passthrough file");
+        } else {
+            assert!(moved >= pattern.len() as u64, "the daemon moved only {moved} bytes");
+        }
+
+        // A shared writable mmap of a copied-up lower file (etc/motd of the
+        // sample's base layer): the change reaches the upper.
+        let motd = mnt.join("etc/motd");
+        let lower = std::fs::read(&motd).unwrap();
+        assert!(!lower.is_empty());
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&motd).unwrap();
+        unsafe {
+            use std::os::fd::AsRawFd;
+            let len = lower.len();
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            *(p as *mut u8) = b'#';
+            assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+            libc::munmap(p, len);
+        }
+        drop(f);
+        let mut want = lower.clone();
+        want[0] = b'#';
+        assert_eq!(std::fs::read(upper.join("etc/motd")).unwrap(), want);
+        assert_eq!(std::fs::read(&motd).unwrap(), want, "passthrough={passthrough}");
+
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
+}

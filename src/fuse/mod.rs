@@ -11,6 +11,7 @@
 //! tar with no lock held.
 
 pub mod attr;
+pub mod passthrough;
 pub mod rw;
 
 use std::ffi::OsStr;

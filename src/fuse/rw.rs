@@ -21,9 +21,10 @@ use fuser::{
 };
 
 use super::attr::{file_type, system_time, BLKSIZE};
+use super::passthrough::Passthrough;
 use super::MAX_READ;
 use crate::idmap::IdMap;
-use crate::overlay::{Attr, Overlay};
+use crate::overlay::{Attr, Handle, Overlay};
 use crate::upper::{SetAttr, Time};
 
 /// How long the kernel may cache names and attributes on a writable mount.
@@ -34,12 +35,34 @@ pub const RW_TTL: Duration = Duration::from_secs(1);
 pub struct RwFs {
     ov: Overlay,
     ids: IdMap,
+    /// Ask the kernel for FUSE passthrough of upper files.
+    want_passthrough: bool,
+    pt: Passthrough,
 }
 
 impl RwFs {
     /// Serves `ov`, reporting owners through `ids`.
     pub fn new(ov: Overlay, ids: IdMap) -> RwFs {
-        RwFs { ov, ids }
+        RwFs {
+            ov,
+            ids,
+            want_passthrough: false,
+            pt: Passthrough::default(),
+        }
+    }
+
+    /// Serves reads and writes of upper files by FUSE passthrough where the
+    /// kernel offers it (the daemon must be root: see `fuse::passthrough`).
+    pub fn with_passthrough(mut self, on: bool) -> RwFs {
+        self.want_passthrough = on;
+        self
+    }
+
+    /// The upper file of handle `fh`, if it is one.
+    fn upper_file(&self, fh: u64) -> Option<std::sync::Arc<Handle>> {
+        self.ov
+            .handle(fh)
+            .filter(|h| matches!(h.as_ref(), Handle::Upper(..)))
     }
 
     /// `lstat` → `FileAttr`, owners mapped to host ids.
@@ -150,6 +173,16 @@ impl Filesystem for RwFs {
                 InitFlags::FUSE_BIG_WRITES,
             ],
         );
+        if self.want_passthrough {
+            // Depth 1: the upper may not itself be a stacked filesystem (its
+            // registration then fails and passthrough switches off), and this
+            // mount may still be a lower layer of an overlayfs.
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.pt.set_enabled(ok);
+            log::info!(target: "unionfs::fuse", "FUSE passthrough for upper files: {}",
+                if ok { "on" } else { "not offered by the kernel" });
+        }
         log::info!(target: "unionfs::fuse", "mounted {} layers with upper {}",
             self.ov.stack().layers().len(), self.ov.upper().path().display());
         Ok(())
@@ -294,10 +327,27 @@ impl Filesystem for RwFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(e)),
-        }
+        let fh = match self.ov.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let h = self.upper_file(fh);
+        let upper = match h.as_deref() {
+            Some(Handle::Upper(_, f)) => Some(f),
+            _ => None,
+        };
+        let reply = std::cell::RefCell::new(Some(reply));
+        let register = |f: &std::fs::File| match reply.borrow().as_ref() {
+            Some(r) => r.open_backing(f),
+            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        self.pt.open(ino.0, fh, upper, register, |mode, backing| {
+            let Some(r) = reply.borrow_mut().take() else { return };
+            match backing {
+                Some(b) => r.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
+                None => r.opened(FileHandle(fh), mode.flags()),
+            }
+        })
     }
 
     fn read(
@@ -360,6 +410,7 @@ impl Filesystem for RwFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.pt.release(fh.0);
         self.ov.release(fh.0);
         reply.ok()
     }
@@ -490,6 +541,7 @@ impl Filesystem for RwFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.pt.release(fh.0);
         self.ov.release(fh.0);
         reply.ok()
     }
@@ -563,16 +615,29 @@ impl Filesystem for RwFs {
         reply: ReplyCreate,
     ) {
         let ids = self.ids_of(req);
-        match self.ov.create(parent.0, name(n), mode, flags, ids) {
-            Ok((a, fh)) => reply.created(
-                &RW_TTL,
-                &self.attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        let (a, fh) = match self.ov.create(parent.0, name(n), mode, flags, ids) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let attr = self.attr(&a);
+        let h = self.upper_file(fh);
+        let upper = match h.as_deref() {
+            Some(Handle::Upper(_, f)) => Some(f),
+            _ => None,
+        };
+        let reply = std::cell::RefCell::new(Some(reply));
+        let register = |f: &std::fs::File| match reply.borrow().as_ref() {
+            Some(r) => r.open_backing(f),
+            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        self.pt.open(a.ino, fh, upper, register, |mode, backing| {
+            let Some(r) = reply.borrow_mut().take() else { return };
+            let (ttl, g, fh) = (&RW_TTL, Generation(0), FileHandle(fh));
+            match backing {
+                Some(b) => r.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), b),
+                None => r.created(ttl, &attr, g, fh, mode.flags()),
+            }
+        })
     }
 
     fn fallocate(

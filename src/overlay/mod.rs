@@ -416,6 +416,11 @@ impl Overlay {
         self.nodes.lock().parent(ino).unwrap_or(inode::ROOT)
     }
 
+    /// The handle `fh` (for the adapter's I/O-mode choice).
+    pub fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.get(fh)
+    }
+
     /// Releases any handle.
     pub fn release(&self, fh: u64) {
         self.handles.remove(fh);
