@@ -4,7 +4,9 @@
 //! take a single name component, never a path: the upper directory is walked one
 //! component at a time with `O_NOFOLLOW`, so no symlink (in the merged view or in
 //! the upper directory itself) can make an operation land outside it.
-//! `O_CLOEXEC` is always added to opens.
+//! `O_CLOEXEC` is always added to opens. The one multi-component call,
+//! [`openat_beneath`], has the kernel enforce the same rule in one syscall
+//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
 
 use std::ffi::CString;
 use std::io;
@@ -35,6 +37,41 @@ fn retry<F: FnMut() -> libc::c_int>(mut f: F) -> io::Result<libc::c_int> {
             r => return r,
         }
     }
+}
+
+/// Opens `path` (validated components joined by `/`) beneath `dir` with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`:
+/// one syscall for a walk that no symlink (`ELOOP`) and no `..` can leave.
+/// `ENOSYS` on kernels before 5.6.
+pub fn openat_beneath(dir: BorrowedFd<'_>, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let fd = loop {
+        // SAFETY: c is a valid C string, how a valid open_how of the size
+        // passed, dir a live fd.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if rc >= 0 {
+            break rc as RawFd;
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename anywhere raced the walk (RESOLVE_BENEATH).
+        if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+            return Err(e);
+        }
+    };
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`.

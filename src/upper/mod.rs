@@ -54,6 +54,7 @@ pub use whiteout::{is_whiteout, OPAQUE_XATTRS};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -199,15 +200,42 @@ impl Upper {
         self.work.as_fd()
     }
 
-    /// Opens directory `dir` (`O_PATH`), one component at a time with
-    /// `O_NOFOLLOW | O_DIRECTORY`: a symlink anywhere is `ENOTDIR`, never followed.
+    /// Opens directory `dir` (`O_PATH`): a symlink anywhere is `ENOTDIR`,
+    /// never followed. One `openat2` beneath the upper root where the kernel
+    /// has it, else one `openat(O_NOFOLLOW | O_DIRECTORY)` per component.
     pub fn open_dir<P: AsRef<[u8]>>(&self, dir: &[P]) -> io::Result<OwnedFd> {
-        let mut cur = self.root.try_clone()?;
+        static OPENAT2: AtomicBool = AtomicBool::new(true);
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        if dir.is_empty() {
+            return self.root.try_clone();
+        }
+        if OPENAT2.load(Ordering::Relaxed) {
+            let mut path = Vec::with_capacity(dir.iter().map(|c| c.as_ref().len() + 1).sum());
+            for c in dir {
+                check_name(c.as_ref())?;
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(c.as_ref());
+            }
+            match sys::openat_beneath(self.root.as_fd(), &path, flags) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    OPENAT2.store(false, Ordering::Relaxed)
+                }
+                // A symlink component: what the per-component walk says.
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(io::Error::from_raw_os_error(libc::ENOTDIR))
+                }
+                r => return r,
+            }
+        }
+        let mut cur: Option<OwnedFd> = None;
         for c in dir {
             check_name(c.as_ref())?;
-            cur = sys::openat(cur.as_fd(), c.as_ref(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let base = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+            cur = Some(sys::openat(base, c.as_ref(), flags, 0)?);
         }
-        Ok(cur)
+        cur.map_or_else(|| self.root.try_clone(), Ok)
     }
 
     /// Opens any object by path with `O_PATH | O_NOFOLLOW` (a symlink is opened
