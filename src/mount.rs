@@ -234,7 +234,8 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
                 ids: cfg.idmap.clone(),
             };
             let ov = Overlay::new(stack, upper, opts)?;
-            let fs = RwFs::new(ov, cfg.idmap.clone()).with_passthrough(!rootless && !cfg.no_passthrough);
+            let fs =
+                RwFs::new(ov, cfg.idmap.clone()).with_passthrough(!rootless && !cfg.no_passthrough);
             serve_fs(fs, cfg, mp, ready)
         }
     }

@@ -562,15 +562,24 @@ fn upper_file_io_goes_by_passthrough_unless_switched_off() {
         std::fs::write(mnt.join("new.bin"), &pattern).unwrap();
         let got = std::fs::read(mnt.join("new.bin")).unwrap();
         let moved = wchar(pid) - before;
-        assert!(got == pattern, "passthrough={passthrough}: read back differs");
+        assert!(
+            got == pattern,
+            "passthrough={passthrough}: read back differs"
+        );
         assert!(
             std::fs::read(upper.join("new.bin")).unwrap() == pattern,
             "passthrough={passthrough}: upper file differs"
         );
         if passthrough {
-            assert!(moved < MIB as u64, "the daemon moved {moved} bytes of a passthrough file");
+            assert!(
+                moved < MIB as u64,
+                "the daemon moved {moved} bytes of a passthrough file"
+            );
         } else {
-            assert!(moved >= pattern.len() as u64, "the daemon moved only {moved} bytes");
+            assert!(
+                moved >= pattern.len() as u64,
+                "the daemon moved only {moved} bytes"
+            );
         }
 
         // A shared writable mmap of a copied-up lower file (etc/motd of the
@@ -578,7 +587,11 @@ fn upper_file_io_goes_by_passthrough_unless_switched_off() {
         let motd = mnt.join("etc/motd");
         let lower = std::fs::read(&motd).unwrap();
         assert!(!lower.is_empty());
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&motd).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&motd)
+            .unwrap();
         unsafe {
             use std::os::fd::AsRawFd;
             let len = lower.len();
@@ -590,7 +603,12 @@ fn upper_file_io_goes_by_passthrough_unless_switched_off() {
                 f.as_raw_fd(),
                 0,
             );
-            assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+            assert_ne!(
+                p,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
             *(p as *mut u8) = b'#';
             assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
             libc::munmap(p, len);
@@ -599,7 +617,11 @@ fn upper_file_io_goes_by_passthrough_unless_switched_off() {
         let mut want = lower.clone();
         want[0] = b'#';
         assert_eq!(std::fs::read(upper.join("etc/motd")).unwrap(), want);
-        assert_eq!(std::fs::read(&motd).unwrap(), want, "passthrough={passthrough}");
+        assert_eq!(
+            std::fs::read(&motd).unwrap(),
+            want,
+            "passthrough={passthrough}"
+        );
 
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         assert!(child.wait().unwrap().success());

@@ -11,6 +11,7 @@
 //! tar with no lock held.
 
 pub mod attr;
+pub mod bufs;
 pub mod passthrough;
 pub mod rw;
 
@@ -53,6 +54,7 @@ pub struct UnionFs {
     listings: Mutex<LruCache<u64, Arc<[DirEntry]>>>,
     /// How owners are reported (`--uidmap`, squash options).
     ids: IdMap,
+    bufs: bufs::ReadBufs,
 }
 
 impl std::fmt::Debug for UnionFs {
@@ -81,6 +83,7 @@ impl UnionFs {
                 NonZeroUsize::new(LISTINGS).expect("non-zero"),
             )),
             ids: IdMap::default(),
+            bufs: Default::default(),
         }
     }
 
@@ -290,14 +293,15 @@ impl Filesystem for UnionFs {
             Ok(Node::Dir(_)) => return reply.error(Errno::EISDIR),
             Err(e) => return reply.error(e),
         };
-        let mut buf = vec![0u8; size.min(MAX_READ) as usize];
-        match self.stack.layer(r.layer).read(r.entry, offset, &mut buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => {
-                log::error!(target: "unionfs::fuse", "read of inode {}: {e}", ino.0);
-                reply.error(Errno::from(e))
+        self.bufs.with(size.min(MAX_READ) as usize, |buf| {
+            match self.stack.layer(r.layer).read(r.entry, offset, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => {
+                    log::error!(target: "unionfs::fuse", "read of inode {}: {e}", ino.0);
+                    reply.error(Errno::from(e))
+                }
             }
-        }
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

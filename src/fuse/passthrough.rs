@@ -209,7 +209,13 @@ mod tests {
         }
     }
 
-    fn open<'a>(p: &Passthrough<Id<'a>>, live: &'a Cell<i32>, ino: u64, fh: u64, upper: bool) -> Mode {
+    fn open<'a>(
+        p: &Passthrough<Id<'a>>,
+        live: &'a Cell<i32>,
+        ino: u64,
+        fh: u64,
+        upper: bool,
+    ) -> Mode {
         let f = File::open("/dev/null").unwrap();
         let reg = |_: &File| {
             live.set(live.get() + 1);
@@ -262,18 +268,34 @@ mod tests {
         let p: Passthrough<u32> = Passthrough::default();
         p.set_enabled(true);
         let f = File::open("/dev/null").unwrap();
-        let m = p.open(1, 1, Some(&f), |_| Err(std::io::Error::from_raw_os_error(libc::EPERM)), |m, _| m);
+        let m = p.open(
+            1,
+            1,
+            Some(&f),
+            |_| Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+            |m, _| m,
+        );
         assert_eq!(m, Mode::Cached);
         assert!(!p.enabled());
         let m = p.open(2, 2, Some(&f), |_| unreachable!(), |m, _| m);
-        assert_eq!(m, Mode::CachedKeep, "without passthrough, upper files keep their cache");
+        assert_eq!(
+            m,
+            Mode::CachedKeep,
+            "without passthrough, upper files keep their cache"
+        );
     }
 
     #[test]
     fn without_passthrough_every_open_keeps_the_cache() {
         let p: Passthrough<u32> = Passthrough::default();
         let f = File::open("/dev/null").unwrap();
-        assert_eq!(p.open(1, 1, Some(&f), |_| unreachable!(), |m, _| m), Mode::CachedKeep);
-        assert_eq!(p.open(1, 2, None, |_| unreachable!(), |m, _| m), Mode::CachedKeep);
+        assert_eq!(
+            p.open(1, 1, Some(&f), |_| unreachable!(), |m, _| m),
+            Mode::CachedKeep
+        );
+        assert_eq!(
+            p.open(1, 2, None, |_| unreachable!(), |m, _| m),
+            Mode::CachedKeep
+        );
     }
 }

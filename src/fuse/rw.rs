@@ -38,6 +38,7 @@ pub struct RwFs {
     /// Ask the kernel for FUSE passthrough of upper files.
     want_passthrough: bool,
     pt: Passthrough,
+    bufs: super::bufs::ReadBufs,
 }
 
 impl RwFs {
@@ -48,6 +49,7 @@ impl RwFs {
             ids,
             want_passthrough: false,
             pt: Passthrough::default(),
+            bufs: Default::default(),
         }
     }
 
@@ -342,7 +344,9 @@ impl Filesystem for RwFs {
             None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
         self.pt.open(ino.0, fh, upper, register, |mode, backing| {
-            let Some(r) = reply.borrow_mut().take() else { return };
+            let Some(r) = reply.borrow_mut().take() else {
+                return;
+            };
             match backing {
                 Some(b) => r.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
                 None => r.opened(FileHandle(fh), mode.flags()),
@@ -361,11 +365,12 @@ impl Filesystem for RwFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut buf = vec![0u8; size.min(MAX_READ) as usize];
-        match self.ov.read(fh.0, offset, &mut buf) {
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.bufs.with(size.min(MAX_READ) as usize, |buf| {
+            match self.ov.read(fh.0, offset, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn write(
@@ -631,7 +636,9 @@ impl Filesystem for RwFs {
             None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
         self.pt.open(a.ino, fh, upper, register, |mode, backing| {
-            let Some(r) = reply.borrow_mut().take() else { return };
+            let Some(r) = reply.borrow_mut().take() else {
+                return;
+            };
             let (ttl, g, fh) = (&RW_TTL, Generation(0), FileHandle(fh));
             match backing {
                 Some(b) => r.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), b),

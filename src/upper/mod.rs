@@ -54,8 +54,8 @@ pub use whiteout::{is_whiteout, OPAQUE_XATTRS};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -229,10 +229,17 @@ impl Upper {
                 r => return r,
             }
         }
+        self.walk_dir(dir)
+    }
+
+    /// [`Upper::open_dir`] without `openat2`: one `openat(O_NOFOLLOW |
+    /// O_DIRECTORY)` per component.
+    pub(crate) fn walk_dir<P: AsRef<[u8]>>(&self, dir: &[P]) -> io::Result<OwnedFd> {
         let mut cur: Option<OwnedFd> = None;
         for c in dir {
             check_name(c.as_ref())?;
             let base = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
+            let flags = libc::O_PATH | libc::O_DIRECTORY;
             cur = Some(sys::openat(base, c.as_ref(), flags, 0)?);
         }
         cur.map_or_else(|| self.root.try_clone(), Ok)

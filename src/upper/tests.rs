@@ -103,6 +103,12 @@ fn a_symlink_in_the_upper_never_leads_out() {
     let u = &f.upper;
     assert_eq!(errno(u.open_dir(&p("etc"))), libc::ENOTDIR);
     assert_eq!(errno(u.open_dir(&p("a/l/x"))), libc::ENOTDIR);
+    // The walk of kernels without openat2 says the same.
+    assert_eq!(errno(u.walk_dir(&p("etc"))), libc::ENOTDIR);
+    assert_eq!(errno(u.walk_dir(&p("a/l/x"))), libc::ENOTDIR);
+    assert!(u.walk_dir(&p("a")).is_ok() && u.open_dir(&p("a")).is_ok());
+    assert_eq!(errno(u.walk_dir(&p("a/.."))), libc::EINVAL);
+    assert_eq!(errno(u.open_dir(&p("a/.."))), libc::EINVAL);
     assert_eq!(
         errno(u.create_file(&p("etc"), b"f", libc::O_WRONLY, 0o644, NONE)),
         libc::ENOTDIR
