@@ -382,6 +382,10 @@ fn read_whole_random_offsets_and_past_eof() {
         err(File::open(m.p("")).and_then(|mut d| d.read(&mut b))),
         libc::EISDIR
     );
+    // isatty() of a file (every file Python opens): not a terminal.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::TCGETS, &mut t) };
+    assert_eq!((rc, errno()), (-1, libc::ENOTTY));
 }
 
 #[test]

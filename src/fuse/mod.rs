@@ -304,6 +304,23 @@ impl Filesystem for UnionFs {
         })
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctl is served (isatty's TCGETS on every file Python opens,
+        // lsattr's FS_IOC_GETFLAGS...): ENOTTY, which is also what the kernel
+        // makes of ENOSYS, without fuser's default warning per call.
+        reply.error(Errno::ENOTTY)
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         log::trace!(target: "unionfs::fuse", "opendir({})", ino.0);
         // As for open: no per-handle state; the kernel then also caches listings
