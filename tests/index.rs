@@ -11,7 +11,7 @@ use unionfs::tar::index::{
     EntryId, LayerIndex, F_DETACHED, F_HARDLINK, F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE, F_SPARSE,
     F_XATTRS,
 };
-use unionfs::tar::{persist, scan};
+use unionfs::tar::{persist, scan, IndexOptions, TarLayer};
 use util::{field, find, id, index_tar, listing, open_bytes, read_all, rec, Hdr, Sparse, Tar};
 
 fn names(idx: &LayerIndex, dir: EntryId) -> Vec<Vec<u8>> {
@@ -992,4 +992,22 @@ fn name_components_longer_than_name_max_are_dropped() {
         "{:#?}",
         idx.warnings
     );
+}
+
+#[test]
+fn a_built_index_keeps_the_member_table_only_when_asked() {
+    // A mount does not need the members (only `verify` does): a freshly built
+    // index drops them, as a load from the cache never reads them.
+    let tar = Tar::new().file("a", b"x").file("b", b"y").finish();
+    let dir = tempfile::tempdir().unwrap();
+    let p = util::write_tar(dir.path(), "layer.tar", &tar);
+    let without = TarLayer::open(&p, &IndexOptions::default()).unwrap();
+    assert!(without.index.members.is_empty());
+    assert_eq!(read_all(&without, id(&without.index, "b")), b"y");
+    let opts = IndexOptions {
+        members: true,
+        ..IndexOptions::default()
+    };
+    let with = TarLayer::open(&p, &opts).unwrap();
+    assert!(with.index.members.len() >= 2);
 }

@@ -143,6 +143,17 @@ pub struct LayerIndex {
     pub warnings: Vec<String>,
 }
 
+impl LayerIndex {
+    /// Frees the spare capacity the build left in every table.
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+        self.names.shrink_to_fit();
+        self.extra.shrink_to_fit();
+        self.members.shrink_to_fit();
+        self.warnings.shrink_to_fit();
+    }
+}
+
 /// How many warning texts an index keeps.
 pub const MAX_WARNINGS: usize = 100;
 

@@ -162,7 +162,7 @@ impl TarLayer {
             }
         }
         let scan_start = std::time::SystemTime::now();
-        let index = build_index(path, &file, id.size)?;
+        let mut index = build_index(path, &file, id.size)?;
         log_warnings(path, &index);
         let elapsed = start.elapsed();
         let mut kept = None;
@@ -184,6 +184,14 @@ impl TarLayer {
                 ),
             }
         }
+        // Serve what a load from the cache would: without the member list
+        // unless asked for, and without the growth slack of the build (a
+        // 300k-entry layer: 37 MiB resident after a cold mount before, 30 MiB
+        // now; 25 MiB after a warm one).
+        if !opts.members {
+            index.members = Vec::new();
+        }
+        index.shrink_to_fit();
         Ok(TarLayer {
             path: path.to_owned(),
             file,

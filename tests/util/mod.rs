@@ -487,8 +487,13 @@ pub fn write_tar(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 pub fn open_bytes(bytes: &[u8]) -> TarLayer {
     let dir = tempfile::tempdir().unwrap();
     let p = write_tar(dir.path(), "layer.tar", bytes);
-    // The open file outlives the directory entry.
-    TarLayer::open(&p, &IndexOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    // The open file outlives the directory entry. The member table is kept:
+    // index tests check it (a mount drops it after the build).
+    let opts = IndexOptions {
+        members: true,
+        ..IndexOptions::default()
+    };
+    TarLayer::open(&p, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Reads a whole file of `layer` through `TarLayer::read`, in odd-sized chunks so
