@@ -454,7 +454,7 @@ fn print_index_summary(layer: &TarLayer, total: std::time::Duration) -> Result<(
             hardlinks += 1;
             continue;
         }
-        *counts.entry(report::type_word(e.mode)).or_default() += 1;
+        *counts.entry(report::type_word(e.mode())).or_default() += 1;
         if e.kind() == libc::S_IFREG {
             data += e.size;
         }

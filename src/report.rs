@@ -52,8 +52,8 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
     if std::str::from_utf8(path).is_err() {
         o.insert("path_hex".into(), hex(path).into());
     }
-    o.insert("type".into(), type_word(e.mode).into());
-    o.insert("mode".into(), (e.mode & 0o7777).into());
+    o.insert("type".into(), type_word(e.mode()).into());
+    o.insert("mode".into(), (e.mode() & 0o7777).into());
     o.insert("uid".into(), e.uid.into());
     o.insert("gid".into(), e.gid.into());
     let size = if e.is_dir() { 0 } else { e.size };
@@ -61,7 +61,7 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
     o.insert("mtime".into(), e.mtime.into());
     o.insert("mtime_nsec".into(), e.mtime_nsec.into());
     o.insert("layer".into(), top.layer.0.into());
-    match e.mode & libc::S_IFMT {
+    match e.mode() & libc::S_IFMT {
         libc::S_IFLNK => {
             o.insert("link".into(), String::from_utf8_lossy(x.link).into());
         }
@@ -185,7 +185,7 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let size = match e.mode & libc::S_IFMT {
+    let size = match e.mode() & libc::S_IFMT {
         libc::S_IFCHR | libc::S_IFBLK => {
             let (a, b) = idx.extra(ino).rdev;
             format!("{a},{b}")
@@ -195,7 +195,7 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
     };
     let mut line = format!(
         "{} {:>5}/{:<5} {:>10} {}  {}:{:<12} {}",
-        mode_string(e.mode),
+        mode_string(e.mode()),
         e.uid,
         e.gid,
         size,
@@ -204,7 +204,7 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
         layer_name,
         String::from_utf8_lossy(path).escape_debug()
     );
-    if e.mode & libc::S_IFMT == libc::S_IFLNK {
+    if e.mode() & libc::S_IFMT == libc::S_IFLNK {
         line.push_str(" -> ");
         line.push_str(
             &String::from_utf8_lossy(idx.extra(ino).link)

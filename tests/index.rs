@@ -63,11 +63,11 @@ fn ustar_entries_of_every_kind() {
         ]
     );
     let etc = rec(&idx, "etc");
-    assert_eq!(etc.mode, libc::S_IFDIR | 0o750);
+    assert_eq!(etc.mode(), libc::S_IFDIR | 0o750);
     assert_eq!((etc.uid, etc.gid, etc.mtime), (12, 34, 1_600_000_000));
     assert!(!etc.has(F_IMPLICIT));
-    assert_eq!(rec(&idx, "etc/passwd").mode, libc::S_IFREG | 0o4711);
-    assert_eq!(rec(&idx, "etc/lnk").mode, libc::S_IFLNK | 0o777);
+    assert_eq!(rec(&idx, "etc/passwd").mode(), libc::S_IFREG | 0o4711);
+    assert_eq!(rec(&idx, "etc/lnk").mode(), libc::S_IFLNK | 0o777);
     assert_eq!(
         rec(&idx, "etc/lnk").size,
         10,
@@ -113,7 +113,7 @@ fn tar_crate_gnu_long_names_and_long_link_names() {
             format!("sym -> {long_target}"),
         ]
     );
-    assert_eq!(rec(&idx, &long_file).mode, libc::S_IFREG | 0o600);
+    assert_eq!(rec(&idx, &long_file).mode(), libc::S_IFREG | 0o600);
     assert_eq!(
         idx.inode_of(id(&idx, "hard")),
         id(&idx, &long_file),
@@ -332,7 +332,7 @@ fn v7_headers() {
             "old/sym -> file",
         ]
     );
-    assert_eq!(rec(&idx, "old").mode, libc::S_IFDIR | 0o700);
+    assert_eq!(rec(&idx, "old").mode(), libc::S_IFDIR | 0o700);
     let layer = open_bytes(&tar);
     assert_eq!(read_all(&layer, id(&layer.index, "old/hard")), b"abc");
 }
@@ -626,7 +626,7 @@ fn directory_over_directory_keeps_children_and_takes_new_metadata() {
     let idx = index_tar(&t.finish());
     assert_eq!(listing(&idx), ["d/", "d/keep =1", "d/new =1"]);
     let d = rec(&idx, "d");
-    assert_eq!((d.mode, d.uid, d.mtime), (libc::S_IFDIR | 0o751, 2, 99));
+    assert_eq!((d.mode(), d.uid, d.mtime), (libc::S_IFDIR | 0o751, 2, 99));
 }
 
 #[test]
@@ -655,7 +655,7 @@ fn missing_parents_become_implicit_root_owned_0755_directories() {
     assert_eq!(listing(&idx), ["a/", "a/b/", "a/b/c =0"]);
     for p in ["a", "a/b"] {
         let e = rec(&idx, p);
-        assert_eq!(e.mode, libc::S_IFDIR | 0o755, "{p}");
+        assert_eq!(e.mode(), libc::S_IFDIR | 0o755, "{p}");
         assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 0), "{p}");
         assert!(e.has(F_IMPLICIT), "{p}");
     }
@@ -676,7 +676,7 @@ fn root_entry_sets_root_metadata() {
         .entry(Hdr::ustar(".", b'0', 0), b"");
     let idx = index_tar(&t.finish());
     let root = idx.entry(EntryId::ROOT);
-    assert_eq!((root.mode, root.uid), (libc::S_IFDIR | 0o700, 9));
+    assert_eq!((root.mode(), root.uid), (libc::S_IFDIR | 0o700, 9));
     assert_eq!(listing(&idx), ["f =0"]);
     assert_eq!(idx.dropped, 1, "a non-directory named like the root");
 }

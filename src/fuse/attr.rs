@@ -68,7 +68,7 @@ pub fn rdev(major: u32, minor: u32) -> u32 {
 pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileAttr {
     let e: &EntryRec = stack.rec(r);
     let idx = stack.index(r);
-    let kind = file_type(e.mode);
+    let kind = file_type(e.mode());
     let (size, blocks, nlink) = match kind {
         FileType::Directory => (4096, 8, dir_nlink.unwrap_or(2)),
         FileType::RegularFile => (e.size, stack.stored_blocks(r), e.count.max(1)),
@@ -91,7 +91,7 @@ pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileA
         ctime: t,
         crtime: t,
         kind,
-        perm: (e.mode & 0o7777) as u16,
+        perm: (e.mode() & 0o7777) as u16,
         nlink,
         uid: e.uid,
         gid: e.gid,

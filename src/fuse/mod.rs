@@ -363,7 +363,7 @@ impl Filesystem for UnionFs {
             if reply.add(
                 INodeNo(child_ino),
                 i as u64 + 3,
-                attr::file_type(rec.mode),
+                attr::file_type(rec.mode()),
                 name,
             ) {
                 break;

@@ -574,7 +574,7 @@ fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
     let idx = stack.index(r);
     // SAFETY: all-zero is a valid `libc::stat`.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    st.st_mode = e.mode;
+    st.st_mode = e.mode();
     st.st_uid = e.uid;
     st.st_gid = e.gid;
     st.st_mtime = e.mtime;
@@ -614,7 +614,7 @@ fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
     let idx = stack.index(r);
     let x = idx.extra(idx.inode_of(r.entry));
     Meta {
-        mode: e.mode & 0o7777,
+        mode: e.mode() & 0o7777,
         uid: e.uid,
         gid: e.gid,
         atime: (e.mtime, e.mtime_nsec),

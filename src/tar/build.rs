@@ -61,7 +61,7 @@ impl Default for Builder {
 
 fn dir_rec(mode: u32) -> EntryRec {
     EntryRec {
-        mode: libc::S_IFDIR | mode,
+        mode16: (libc::S_IFDIR | (mode & 0o7777)) as u16,
         member: NONE,
         extra: NONE,
         link: NONE,
@@ -165,7 +165,7 @@ impl Builder {
         let id = self.nodes.len() as u32;
         rec.parent = parent;
         rec.name_off = self.names.len() as u32;
-        rec.name_len = name.len() as u16;
+        rec.name_len = name.len() as u8; // names over NAME_MAX were dropped
         self.names.extend_from_slice(name);
         let key = self.key(parent, name);
         let next = self.map.insert(key, id).unwrap_or(NONE);
@@ -187,10 +187,10 @@ impl Builder {
             mtime: raw.mtime,
             mtime_nsec: raw.mtime_nsec,
             // Linux symlinks have no permissions of their own: lstat shows 0777.
-            mode: match kind {
+            mode16: match kind {
                 Kind::Symlink => libc::S_IFLNK | 0o777,
-                _ => mode_bits(kind) | raw.mode,
-            },
+                _ => mode_bits(kind) | (raw.mode & 0o7777),
+            } as u16,
             uid: raw.uid,
             gid: raw.gid,
             link: NONE,
@@ -346,7 +346,7 @@ impl Builder {
             return;
         }
         let rec = EntryRec {
-            mode: KIND_WHITEOUT,
+            mode16: KIND_WHITEOUT as u16,
             mtime: raw.mtime,
             member: raw.member,
             link: NONE,
@@ -378,7 +378,7 @@ impl Builder {
             }
         }
         let rec = EntryRec {
-            mode: libc::S_IFREG,
+            mode16: libc::S_IFREG as u16,
             member: raw.member,
             link: NONE,
             extra: NONE,
@@ -497,7 +497,7 @@ impl Builder {
                 rec.count = count;
             } else if node.target != NONE {
                 rec.link = new_id[node.target as usize];
-                rec.mode = nodes[node.target as usize].rec.mode; // d_type of the inode
+                rec.mode16 = nodes[node.target as usize].rec.mode16; // d_type of the inode
             } else if !rec.is_whiteout() {
                 rec.count = nlink[n as usize];
             }
