@@ -1156,3 +1156,84 @@ fn an_upper_written_by_kernel_overlayfs_is_served_the_same() {
         "unionfs serves the kernel's upper differently",
     );
 }
+
+/// An upper on a stacked filesystem (here a kernel overlayfs): the kernel
+/// refuses it as a passthrough backing file, so the first open switches
+/// passthrough off and every open, that one included, is served through the
+/// daemon. Reads, writes, appends and a shared mmap all work.
+#[test]
+fn an_upper_on_overlayfs_is_served_without_passthrough() {
+    if !fuse_available("writable mount test") {
+        return;
+    }
+    let dir = scratch_dir("unionfs-rw-stacked-");
+    let tars = write_layers(dir.path(), &image());
+    let ovl = dir.path().join("ovl");
+    for d in ["l", "u", "w", "m"] {
+        fs::create_dir_all(ovl.join(d)).unwrap();
+    }
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            ovl.join("l").display(),
+            ovl.join("u").display(),
+            ovl.join("w").display()
+        ))
+        .arg(ovl.join("m"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -t overlay");
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _ovl_guard = Umount(ovl.join("m"));
+    let upper = ovl.join("m/upper");
+    fs::create_dir(&upper).unwrap();
+    {
+        let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
+        fs::write(m.p("new"), b"fresh\n").unwrap();
+        assert_eq!(fs::read(m.p("new")).unwrap(), b"fresh\n");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(m.p("etc/passwd"))
+            .unwrap();
+        f.write_all(b"more\n").unwrap();
+        drop(f);
+        assert_eq!(
+            fs::read_to_string(m.p("etc/passwd")).unwrap(),
+            "root:x:0:0::/root:/bin/sh\nmore\n"
+        );
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.p("new"))
+            .unwrap();
+        unsafe {
+            use std::os::fd::AsRawFd;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                6,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            *(p as *mut u8) = b'F';
+            assert_eq!(libc::msync(p, 6, libc::MS_SYNC), 0);
+            libc::munmap(p, 6);
+        }
+        drop(f);
+        assert_eq!(fs::read(m.p("new")).unwrap(), b"Fresh\n");
+        m.unmount();
+    }
+    assert_eq!(fs::read(upper.join("new")).unwrap(), b"Fresh\n");
+    assert_eq!(
+        fs::read_to_string(upper.join("etc/passwd")).unwrap(),
+        "root:x:0:0::/root:/bin/sh\nmore\n"
+    );
+}

@@ -135,8 +135,15 @@ impl<B> Passthrough<B> {
                     match register(f) {
                         Ok(b) => node.backing = Some(b),
                         Err(e) => {
+                            let why = match e.raw_os_error() {
+                                Some(libc::ELOOP) => "the upper directory is on a stacked \
+                                    filesystem (such as overlayfs)"
+                                    .to_string(),
+                                Some(libc::EPERM) => "the kernel allows it to root only".into(),
+                                _ => e.to_string(),
+                            };
                             log::warn!(target: "unionfs::fuse",
-                                "FUSE passthrough unavailable ({e}); upper files are served \
+                                "FUSE passthrough unavailable: {why}; upper files are served \
                                  through the daemon");
                             self.set_enabled(false);
                         }
