@@ -1172,25 +1172,8 @@ fn an_upper_on_overlayfs_is_served_without_passthrough() {
     for d in ["l", "u", "w", "m"] {
         fs::create_dir_all(ovl.join(d)).unwrap();
     }
-    let st = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            ovl.join("l").display(),
-            ovl.join("u").display(),
-            ovl.join("w").display()
-        ))
-        .arg(ovl.join("m"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount -t overlay");
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _ovl_guard = Umount(ovl.join("m"));
+    let (l, u, w) = (ovl.join("l"), ovl.join("u"), ovl.join("w"));
+    let _ovl = oracle::Overlay::mount_rw_plain(&[l], &u, &w, &ovl.join("m"));
     let upper = ovl.join("m/upper");
     fs::create_dir(&upper).unwrap();
     {

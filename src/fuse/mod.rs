@@ -202,6 +202,13 @@ pub(crate) fn negotiate(config: &mut KernelConfig, caps: &[InitFlags]) {
     let _ = config.set_max_write(MAX_READ);
 }
 
+/// Both adapters serve no ioctl (isatty's TCGETS on every file Python opens,
+/// lsattr's FS_IOC_GETFLAGS...): ENOTTY, which is also what the kernel makes
+/// of ENOSYS, without fuser's default warning per call.
+pub(crate) fn refuse_ioctl(reply: fuser::ReplyIoctl) {
+    reply.error(Errno::ENOTTY)
+}
+
 fn name_bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
@@ -315,10 +322,7 @@ impl Filesystem for UnionFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // No ioctl is served (isatty's TCGETS on every file Python opens,
-        // lsattr's FS_IOC_GETFLAGS...): ENOTTY, which is also what the kernel
-        // makes of ENOSYS, without fuser's default warning per call.
-        reply.error(Errno::ENOTTY)
+        refuse_ioctl(reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -114,39 +114,30 @@ impl<B> Passthrough<B> {
         self.on.store(on, Ordering::Relaxed);
     }
 
-    /// Chooses the mode for handle `fh` on inode `ino`, opened on `upper` (an
-    /// upper file) or on a lower file (`None`), and calls `reply` with it and,
-    /// for passthrough, the backing id. `register` makes a backing id from a
-    /// file (`ReplyOpen::open_backing`); the lock is held until `reply`
-    /// returns so that no other open of the inode is answered in between.
+    /// Answers the open of handle `fh` on inode `ino`, made on `upper` (an
+    /// upper file) or on a lower file (`None`): chooses its mode, registers
+    /// the inode's backing file with `register(&reply, file)` if passthrough
+    /// needs one (`ReplyOpen::open_backing`), then calls `answer(reply, mode,
+    /// backing id if passthrough)`. The lock is held until `answer` returns, so
+    /// that no other open of the inode is answered in between.
     pub fn open<R>(
         &self,
         ino: u64,
         fh: u64,
         upper: Option<&File>,
-        register: impl FnOnce(&File) -> std::io::Result<B>,
-        reply: impl FnOnce(Mode, Option<&B>) -> R,
-    ) -> R {
+        reply: R,
+        register: impl FnOnce(&R, &File) -> std::io::Result<B>,
+        answer: impl FnOnce(R, Mode, Option<&B>),
+    ) {
         let mut st = self.state.lock();
-        let node = st.inodes.entry(ino).or_default();
+        let State { inodes, handles } = &mut *st;
+        let node = inodes.entry(ino).or_default();
         let mode = match upper {
             Some(f) if node.passthrough > 0 || (self.enabled() && node.cached == 0) => {
                 if node.backing.is_none() {
-                    match register(f) {
+                    match register(&reply, f) {
                         Ok(b) => node.backing = Some(b),
-                        Err(e) => {
-                            let why = match e.raw_os_error() {
-                                Some(libc::ELOOP) => "the upper directory is on a stacked \
-                                    filesystem (such as overlayfs)"
-                                    .to_string(),
-                                Some(libc::EPERM) => "the kernel allows it to root only".into(),
-                                _ => e.to_string(),
-                            };
-                            log::warn!(target: "unionfs::fuse",
-                                "FUSE passthrough unavailable: {why}; upper files are served \
-                                 through the daemon");
-                            self.set_enabled(false);
-                        }
+                        Err(e) => self.unavailable(&e),
                     }
                 }
                 if node.backing.is_some() {
@@ -168,13 +159,24 @@ impl<B> Passthrough<B> {
             Mode::Cached | Mode::CachedKeep => node.cached += 1,
             Mode::Direct => {}
         }
-        let State { inodes, handles } = &mut *st;
         handles.insert(fh, (ino, mode));
-        let backing = match mode {
-            Mode::Passthrough => inodes.get(&ino).and_then(|n| n.backing.as_ref()),
-            _ => None,
+        let backing = node.backing.as_ref().filter(|_| mode == Mode::Passthrough);
+        answer(reply, mode, backing)
+    }
+
+    /// Registering a backing file failed with `e`: passthrough is off for the
+    /// mount from now on.
+    fn unavailable(&self, e: &std::io::Error) {
+        let why = match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                "the upper directory is on a stacked filesystem (such as overlayfs)".to_string()
+            }
+            Some(libc::EPERM) => "the kernel allows it to root only".to_string(),
+            _ => e.to_string(),
         };
-        reply(mode, backing)
+        log::warn!(target: "unionfs::fuse",
+            "FUSE passthrough unavailable: {why}; upper files are served through the daemon");
+        self.set_enabled(false);
     }
 
     /// Forgets handle `fh`; the backing id of its inode is closed with the
@@ -216,6 +218,29 @@ mod tests {
         }
     }
 
+    /// The mode `p` answers an open with.
+    fn answer<B>(
+        p: &Passthrough<B>,
+        ino: u64,
+        fh: u64,
+        upper: Option<&File>,
+        register: impl FnOnce(&File) -> std::io::Result<B>,
+    ) -> Mode {
+        let mut got = None;
+        p.open(
+            ino,
+            fh,
+            upper,
+            (),
+            |_, f| register(f),
+            |(), m, b| {
+                assert_eq!(m == Mode::Passthrough, b.is_some());
+                got = Some(m);
+            },
+        );
+        got.expect("answered")
+    }
+
     fn open<'a>(
         p: &Passthrough<Id<'a>>,
         live: &'a Cell<i32>,
@@ -228,10 +253,7 @@ mod tests {
             live.set(live.get() + 1);
             Ok(Id(live))
         };
-        p.open(ino, fh, upper.then_some(&f), reg, |m, b| {
-            assert_eq!(m == Mode::Passthrough, b.is_some());
-            m
-        })
+        answer(p, ino, fh, upper.then_some(&f), reg)
     }
 
     #[test]
@@ -275,16 +297,11 @@ mod tests {
         let p: Passthrough<u32> = Passthrough::default();
         p.set_enabled(true);
         let f = File::open("/dev/null").unwrap();
-        let m = p.open(
-            1,
-            1,
-            Some(&f),
-            |_| Err(std::io::Error::from_raw_os_error(libc::EPERM)),
-            |m, _| m,
-        );
+        let eperm = |_: &File| Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        let m = answer(&p, 1, 1, Some(&f), eperm);
         assert_eq!(m, Mode::Cached);
         assert!(!p.enabled());
-        let m = p.open(2, 2, Some(&f), |_| unreachable!(), |m, _| m);
+        let m = answer(&p, 2, 2, Some(&f), |_| unreachable!());
         assert_eq!(
             m,
             Mode::CachedKeep,
@@ -296,13 +313,8 @@ mod tests {
     fn without_passthrough_every_open_keeps_the_cache() {
         let p: Passthrough<u32> = Passthrough::default();
         let f = File::open("/dev/null").unwrap();
-        assert_eq!(
-            p.open(1, 1, Some(&f), |_| unreachable!(), |m, _| m),
-            Mode::CachedKeep
-        );
-        assert_eq!(
-            p.open(1, 2, None, |_| unreachable!(), |m, _| m),
-            Mode::CachedKeep
-        );
+        let none = |_: &File| -> std::io::Result<u32> { unreachable!() };
+        assert_eq!(answer(&p, 1, 1, Some(&f), none), Mode::CachedKeep);
+        assert_eq!(answer(&p, 1, 2, None, none), Mode::CachedKeep);
     }
 }

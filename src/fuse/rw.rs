@@ -14,14 +14,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::attr::{file_type, system_time, BLKSIZE};
-use super::passthrough::Passthrough;
+use super::passthrough::{Mode, Passthrough};
 use super::MAX_READ;
 use crate::idmap::IdMap;
 use crate::overlay::{Attr, Handle, Overlay};
@@ -60,11 +60,25 @@ impl RwFs {
         self
     }
 
-    /// The upper file of handle `fh`, if it is one.
-    fn upper_file(&self, fh: u64) -> Option<std::sync::Arc<Handle>> {
-        self.ov
-            .handle(fh)
-            .filter(|h| matches!(h.as_ref(), Handle::Upper(..)))
+    /// Answers the open (or create) of handle `fh` on inode `ino` in the I/O
+    /// mode `fuse::passthrough` chooses: `register` makes a backing id from
+    /// the reply and the upper file, `answer` replies with the mode's flags
+    /// and, for passthrough, the backing id.
+    fn answer_open<R>(
+        &self,
+        ino: u64,
+        fh: u64,
+        reply: R,
+        register: impl FnOnce(&R, &std::fs::File) -> io::Result<BackingId>,
+        answer: impl FnOnce(R, FopenFlags, Option<&BackingId>),
+    ) {
+        let h = self.ov.handle(fh);
+        let upper = match h.as_deref() {
+            Some(Handle::Upper(_, f)) => Some(f),
+            _ => None,
+        };
+        let answer = |r, mode: Mode, b: Option<&BackingId>| answer(r, mode.flags(), b);
+        self.pt.open(ino, fh, upper, reply, register, answer)
     }
 
     /// `lstat` → `FileAttr`, owners mapped to host ids.
@@ -333,25 +347,17 @@ impl Filesystem for RwFs {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(e)),
         };
-        let h = self.upper_file(fh);
-        let upper = match h.as_deref() {
-            Some(Handle::Upper(_, f)) => Some(f),
-            _ => None,
-        };
-        let reply = std::cell::RefCell::new(Some(reply));
-        let register = |f: &std::fs::File| match reply.borrow().as_ref() {
-            Some(r) => r.open_backing(f),
-            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
-        self.pt.open(ino.0, fh, upper, register, |mode, backing| {
-            let Some(r) = reply.borrow_mut().take() else {
-                return;
-            };
-            match backing {
-                Some(b) => r.opened_passthrough(FileHandle(fh), FopenFlags::empty(), b),
-                None => r.opened(FileHandle(fh), mode.flags()),
-            }
-        })
+        let handle = FileHandle(fh);
+        self.answer_open(
+            ino.0,
+            fh,
+            reply,
+            |r, f| r.open_backing(f),
+            |r, flags, backing| match backing {
+                Some(b) => r.opened_passthrough(handle, flags, b),
+                None => r.opened(handle, flags),
+            },
+        )
     }
 
     fn read(
@@ -442,10 +448,7 @@ impl Filesystem for RwFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // No ioctl is served (isatty's TCGETS on every file Python opens,
-        // lsattr's FS_IOC_GETFLAGS...): ENOTTY, which is also what the kernel
-        // makes of ENOSYS, without fuser's default warning per call.
-        reply.error(Errno::ENOTTY)
+        super::refuse_ioctl(reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -642,26 +645,17 @@ impl Filesystem for RwFs {
             Err(e) => return reply.error(errno(e)),
         };
         let attr = self.attr(&a);
-        let h = self.upper_file(fh);
-        let upper = match h.as_deref() {
-            Some(Handle::Upper(_, f)) => Some(f),
-            _ => None,
-        };
-        let reply = std::cell::RefCell::new(Some(reply));
-        let register = |f: &std::fs::File| match reply.borrow().as_ref() {
-            Some(r) => r.open_backing(f),
-            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
-        };
-        self.pt.open(a.ino, fh, upper, register, |mode, backing| {
-            let Some(r) = reply.borrow_mut().take() else {
-                return;
-            };
-            let (ttl, g, fh) = (&RW_TTL, Generation(0), FileHandle(fh));
-            match backing {
-                Some(b) => r.created_passthrough(ttl, &attr, g, fh, FopenFlags::empty(), b),
-                None => r.created(ttl, &attr, g, fh, mode.flags()),
-            }
-        })
+        let (ttl, g, handle) = (&RW_TTL, Generation(0), FileHandle(fh));
+        self.answer_open(
+            a.ino,
+            fh,
+            reply,
+            |r, f| r.open_backing(f),
+            |r, flags, backing| match backing {
+                Some(b) => r.created_passthrough(ttl, &attr, g, handle, flags, b),
+                None => r.created(ttl, &attr, g, handle, flags),
+            },
+        )
     }
 
     fn fallocate(

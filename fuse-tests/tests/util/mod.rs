@@ -519,16 +519,6 @@ impl Mount {
     /// directory `upper` (work dir: the default, next to it), read-write, with
     /// FUSE passthrough of upper files as the `unionfs` binary mounts as root.
     pub fn with_upper(layers: &[PathBuf], upper: &Path, format: WhiteoutFormat) -> Option<Mount> {
-        Mount::with_upper_pt(layers, upper, format, true)
-    }
-
-    /// [`Mount::with_upper`], with or without FUSE passthrough.
-    pub fn with_upper_pt(
-        layers: &[PathBuf],
-        upper: &Path,
-        format: WhiteoutFormat,
-        passthrough: bool,
-    ) -> Option<Mount> {
         if !fuse_available("mount test") {
             return None;
         }
@@ -539,7 +529,7 @@ impl Mount {
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
         Some(Mount::spawn(
-            RwFs::new(ov, Default::default()).with_passthrough(passthrough),
+            RwFs::new(ov, Default::default()).with_passthrough(true),
             &cfg,
             layers,
         ))

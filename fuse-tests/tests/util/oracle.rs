@@ -59,24 +59,13 @@ impl Overlay {
     /// Mounts `lowers` (bottom first) with `upper` and `work` on `mnt`, with
     /// `redirect_dir=on` so that directories with lower content can be renamed.
     pub fn mount_rw(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Overlay {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=on",
-            lowerdir(lowers),
-            upper.display(),
-            work.display()
-        );
+        let opts = rw_opts(lowers, upper, work) + ",redirect_dir=on";
         Overlay::mount_with(&opts, mnt)
     }
 
     /// As [`Overlay::mount_rw`], without `redirect_dir` (the kernel's default).
     pub fn mount_rw_plain(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Overlay {
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowerdir(lowers),
-            upper.display(),
-            work.display()
-        );
-        Overlay::mount_with(&opts, mnt)
+        Overlay::mount_with(&rw_opts(lowers, upper, work), mnt)
     }
 
     fn mount_with(opts: &str, mnt: &Path) -> Overlay {
@@ -94,6 +83,16 @@ impl Overlay {
         assert!(is_mounted(&path), "overlay not in mountinfo");
         Overlay { path }
     }
+}
+
+/// `lowerdir=…,upperdir=…,workdir=…`.
+fn rw_opts(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir(lowers),
+        upper.display(),
+        work.display()
+    )
 }
 
 /// overlayfs's `lowerdir=` value: top first.
