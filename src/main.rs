@@ -199,6 +199,20 @@ enum Cmd {
     },
 }
 
+/// `e` and its causes, each once: our errors that name a file already end with
+/// their cause's text (`PATH: No such file or directory`), which `{:#}` would
+/// print a second time.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.ends_with(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logger(cli.verbose);
@@ -210,7 +224,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("unionfs: {e:#}");
+            eprintln!("unionfs: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }

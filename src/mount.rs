@@ -265,9 +265,7 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
     ready: &mut Option<File>,
 ) -> Result<()> {
     let sigs = block_signals();
-    let mut session =
-        fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;
-    let mut unmounter = session.unmount_callable();
+    let session = fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;
     log::info!(target: "unionfs", "mounted on {}", mp.display());
     raise_readahead(mp);
     if let Some(mut pipe) = ready.take() {
@@ -292,9 +290,12 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
             break;
         }
         log::info!(target: "unionfs", "signal {sig}: unmounting {}", mp.display());
-        if let Err(e) = unmounter.unmount() {
-            log::error!(target: "unionfs", "cannot unmount {}: {e} (still in use? \
-                        close what uses it, or unmount lazily: umount -l)", mp.display());
+        // Our own unmount, not fuser's one-shot unmounter: that one forgets the
+        // mount on its first try, so after an EBUSY no later signal could
+        // unmount. A busy mount keeps being served; the next signal tries again.
+        if let Err(e) = unmount(mp, false) {
+            log::error!(target: "unionfs", "{e} (still in use? close what uses it and \
+                        signal again, or unmount lazily: umount -l {})", mp.display());
         }
     }
     match worker.join() {

@@ -77,7 +77,7 @@ fn truncated_in_a_payload() {
 #[test]
 fn archive_stopping_after_a_complete_member_is_accepted() {
     // No end-of-archive blocks, not even padding after the last payload: GNU tar
-    // reads it (with a warning), and so do we.
+    // reads it (with "Unexpected EOF"), and so do we, with a warning.
     let tar = two_files();
     let dir = tempfile::tempdir().unwrap();
     for cut in [1536 + 512 + 1, 1536 + 1024] {
@@ -85,7 +85,19 @@ fn archive_stopping_after_a_complete_member_is_accepted() {
         let l = TarLayer::open(&p, &IndexOptions::default()).unwrap();
         assert_eq!(util::listing(&l.index), ["a =1000", "b =1"]);
         assert_eq!(util::read_all(&l, util::id(&l.index, "b")), b"b");
+        // ... but says so: a file cut after a whole member looks just like it.
+        assert!(
+            l.index
+                .warnings
+                .iter()
+                .any(|w| w.contains("without its end-of-archive blocks")),
+            "{:?}",
+            l.index.warnings
+        );
     }
+    let p = util::write_tar(dir.path(), "whole.tar", &tar);
+    let l = TarLayer::open(&p, &IndexOptions::default()).unwrap();
+    assert!(l.index.warnings.is_empty(), "{:?}", l.index.warnings);
 }
 
 #[test]

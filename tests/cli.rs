@@ -238,6 +238,11 @@ fn mount_failures_leave_nothing_mounted() {
     let o = unionfs(&["mount", "--layers", &layers, &missing_mp], dir.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    // One line, the cause said once.
+    assert_eq!(
+        stderr(&o),
+        format!("unionfs: {missing_mp}: No such file or directory (os error 2)\n")
+    );
     let bad = dir.path().join("bad.tar");
     std::fs::write(&bad, vec![7u8; 1024]).unwrap();
     let with_bad = format!("{layers}:{}", bad.display());
@@ -263,8 +268,28 @@ fn foreground_mount_unmounts_on_sigterm() {
     let _guard = Unmount(mnt.clone());
     let mut child = mount_fg(&["--layers", &layers], &mnt, dir.path());
     assert!(mnt.join("etc/passwd").exists());
+    // Busy: a file is open. The signal cannot unmount; the mount stays served.
+    let held = std::fs::File::open(mnt.join("etc/passwd")).unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "exited while busy");
+    assert!(is_mounted(&mnt));
+    assert!(std::fs::read(mnt.join("etc/passwd")).is_ok());
+    // Closed: the next signal unmounts (the first attempt must not have used
+    // up the unmount).
+    drop(held);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the second SIGTERM did not end the server");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&mnt));
 }

@@ -268,6 +268,15 @@ pub fn scan_with<R: ReadAt + ?Sized, F: FnMut(RawEntry)>(r: &R, mut each: F) -> 
                     format!("offset {first}: extension header with no entry after it (ignored)"),
                 );
             }
+            // Served as GNU tar lists it ("Unexpected EOF in archive"), but said:
+            // a file cut after a whole member looks exactly like this.
+            warn(
+                &mut out,
+                format!(
+                    "offset {off}: the archive ends without its end-of-archive blocks \
+                     (truncated? every member before this offset is whole)"
+                ),
+            );
             out.end_off = off;
             return Ok(out);
         };
