@@ -60,6 +60,14 @@ pub enum Error {
         /// The digest computed.
         actual: String,
     },
+    /// An image (archive, layout, manifest, config, blob) is unusable.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The archive, directory or member (`ARCHIVE:PATH`) at fault.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// Bad command-line usage that clap cannot catch.
     #[error("{0}")]
     Usage(String),
@@ -87,6 +95,7 @@ impl Error {
             Error::CorruptTar { .. }
             | Error::NotATar { .. }
             | Error::BadIndex { .. }
+            | Error::Image { .. }
             | Error::DigestMismatch { .. } => libc::EIO,
         }
     }

@@ -23,10 +23,13 @@
 //!   that does not merge with those below.
 #![deny(missing_docs)]
 
+pub mod blob;
 pub mod error;
 pub mod fuse;
 pub mod idmap;
+pub mod image;
 pub mod inode;
+pub mod layers;
 pub mod mount;
 pub mod overlay;
 pub mod report;

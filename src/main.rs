@@ -9,6 +9,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use unionfs::image::{self, Image, ImageRef, PlatformChoice};
+use unionfs::layers::{self, Source};
 use unionfs::mount;
 use unionfs::report;
 use unionfs::stack::{Merged, Stack};
@@ -61,10 +63,43 @@ impl CacheArgs {
 #[derive(Args, Clone)]
 struct LayerArgs {
     /// Layer tars, bottom first, separated by ':' (repeat the option to add more).
-    #[arg(short, long, value_name = "BOTTOM.tar:…:TOP.tar", required = true)]
+    #[arg(
+        short,
+        long,
+        value_name = "BOTTOM.tar:…:TOP.tar",
+        required_unless_present = "image",
+        conflicts_with = "image"
+    )]
     layers: Vec<String>,
     #[command(flatten)]
+    image: ImageArgs,
+    #[command(flatten)]
     cache: CacheArgs,
+}
+
+#[derive(Args, Clone)]
+struct ImageArgs {
+    /// An image instead of --layers: a `docker save` archive, an OCI layout
+    /// directory or an OCI archive, read in place. REF picks one image: a tag,
+    /// a name (example/app:v2) or @sha256:… (an existing PATH wins over a split
+    /// at ':').
+    #[arg(long, value_name = "PATH[:REF]")]
+    image: Option<String>,
+    /// With --image: the platform to take from a multi-platform image
+    /// [default: the host's].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", requires = "image")]
+    platform: Option<String>,
+}
+
+impl ImageArgs {
+    fn open(&self, cache: &CacheArgs) -> Result<Option<Image>> {
+        let Some(spec) = &self.image else {
+            return Ok(None);
+        };
+        let r = ImageRef::parse(spec)?;
+        let p = PlatformChoice::new(self.platform.as_deref())?;
+        Ok(Some(Image::open(&r, &p, &cache.options())?))
+    }
 }
 
 impl LayerArgs {
@@ -84,9 +119,18 @@ impl LayerArgs {
         Ok(out)
     }
 
+    fn source(&self) -> Result<Source> {
+        Ok(match &self.image.image {
+            Some(spec) => Source::Image {
+                image: ImageRef::parse(spec)?,
+                platform: self.image.platform.clone(),
+            },
+            None => Source::Layers(self.paths()?),
+        })
+    }
+
     fn stack(&self) -> Result<Stack> {
-        let layers = tar::open_all(&self.paths()?, &self.cache.options())?;
-        Ok(Stack::new(layers))
+        Ok(layers::open(&self.source()?, &self.cache.options())?.0)
     }
 }
 
@@ -176,23 +220,33 @@ enum Cmd {
         #[arg(long, requires = "json")]
         sha256: bool,
     },
-    /// Build (or load) the index of layer tars and print a summary.
+    /// Build (or load) the index of layer tars, or of every layer of an image
+    /// (--image: with its digests, diffIDs and chainIDs), and print a summary.
     Index {
         /// Layer tars.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
         tars: Vec<PathBuf>,
+        #[command(flatten)]
+        image: ImageArgs,
         #[command(flatten)]
         cache: CacheArgs,
         /// Rebuild even if a valid stored index exists.
         #[arg(long)]
         rebuild: bool,
+        /// With --image: print one JSON object.
+        #[arg(long, requires = "image")]
+        json: bool,
     },
-    /// Reassemble a layer tar from its index and check its sha256 (the diff_id).
+    /// Reassemble a layer tar from its index and check its sha256 (the diff_id);
+    /// with --image, every layer of the image against its diffID.
     Verify {
         /// The layer tar.
-        tar: PathBuf,
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        tar: Option<PathBuf>,
+        #[command(flatten)]
+        image: ImageArgs,
         /// Expected digest, `sha256:<64 hex>` (as in an image config's rootfs.diff_ids).
-        #[arg(long, value_name = "sha256:HEX")]
+        #[arg(long, value_name = "sha256:HEX", conflicts_with = "image")]
         diff_id: Option<String>,
         #[command(flatten)]
         cache: CacheArgs,
@@ -303,7 +357,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 upper,
                 work,
                 whiteout_format,
-                layers: layers.paths()?,
+                source: layers.source()?,
                 mountpoint,
                 foreground,
                 threads,
@@ -344,14 +398,23 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         } => ls(&layers, &path, recursive, json, sha256),
         Cmd::Index {
             tars,
+            image,
             cache,
             rebuild,
-        } => index(&tars, &cache, rebuild),
+            json,
+        } => match image.image {
+            Some(_) => index_image(&image, &cache, rebuild, json),
+            None => index(&tars, &cache, rebuild),
+        },
         Cmd::Verify {
             tar,
+            image,
             diff_id,
             cache,
-        } => verify_cmd(&tar, diff_id.as_deref(), &cache),
+        } => match tar {
+            Some(tar) => verify_cmd(&tar, diff_id.as_deref(), &cache),
+            None => verify_image(&image, &cache),
+        },
     }
 }
 
@@ -450,37 +513,57 @@ fn index(tars: &[PathBuf], cache: &CacheArgs, rebuild: bool) -> Result<ExitCode>
     })
 }
 
+/// What a layer holds, counted from its index.
+#[derive(Default)]
+struct Counts {
+    kinds: std::collections::BTreeMap<&'static str, u64>,
+    data: u64,
+    whiteouts: u64,
+    hardlinks: u64,
+}
+
+impl Counts {
+    fn of(idx: &tar::LayerIndex) -> Counts {
+        let mut c = Counts::default();
+        for e in &idx.entries {
+            if e.has(tar::index::F_DETACHED) {
+                continue;
+            }
+            if e.is_whiteout() {
+                c.whiteouts += 1;
+            } else if e.has(tar::index::F_HARDLINK) {
+                c.hardlinks += 1;
+            } else {
+                *c.kinds.entry(report::type_word(e.mode())).or_default() += 1;
+                if e.kind() == libc::S_IFREG {
+                    c.data += e.size;
+                }
+            }
+        }
+        c
+    }
+
+    fn words(&self) -> String {
+        let kinds: Vec<String> = self.kinds.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        format!(
+            "{}, {} hard links, {} whiteouts",
+            kinds.join(", "),
+            self.hardlinks,
+            self.whiteouts
+        )
+    }
+}
+
 fn print_index_summary(layer: &TarLayer, total: std::time::Duration) -> Result<()> {
     let idx = &layer.index;
-    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-    let mut data = 0u64;
-    let mut whiteouts = 0u64;
-    let mut hardlinks = 0u64;
-    for e in &idx.entries {
-        if e.has(tar::index::F_DETACHED) {
-            continue;
-        }
-        if e.is_whiteout() {
-            whiteouts += 1;
-            continue;
-        }
-        if e.has(tar::index::F_HARDLINK) {
-            hardlinks += 1;
-            continue;
-        }
-        *counts.entry(report::type_word(e.mode())).or_default() += 1;
-        if e.kind() == libc::S_IFREG {
-            data += e.size;
-        }
-    }
+    let c = Counts::of(idx);
+    let (data, words) = (c.data, c.words());
     let mut out = io::stdout().lock();
     writeln!(out, "{}", layer.path.display())?;
-    let kinds: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     writeln!(
         out,
-        "  entries:   {} ({}, {hardlinks} hard links, {whiteouts} whiteouts), {} dropped",
+        "  entries:   {} ({words}), {} dropped",
         idx.entries.len(),
-        kinds.join(", "),
         idx.dropped
     )?;
     writeln!(
@@ -553,5 +636,141 @@ fn verify_cmd(tar_path: &Path, diff_id: Option<&str>, cache: &CacheArgs) -> Resu
         }
         println!("{}: diff_id matches", tar_path.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn index_image(args: &ImageArgs, cache: &CacheArgs, rebuild: bool, json: bool) -> Result<ExitCode> {
+    let start = Instant::now();
+    let img = args.open(cache)?.context("--image is required")?;
+    let mut opts = cache.options();
+    opts.rebuild = rebuild;
+    let layers = img.open_layers(&opts)?;
+    let total = start.elapsed();
+    let chains = image::digest::chain_ids(&img.diff_ids());
+    let mut out = io::stdout().lock();
+    if json {
+        let ls: Vec<serde_json::Value> = img
+            .layers
+            .iter()
+            .zip(&layers)
+            .zip(&chains)
+            .enumerate()
+            .map(|(i, ((d, l), chain))| {
+                let c = Counts::of(&l.index);
+                serde_json::json!({
+                    "position": i,
+                    "diff_id": d.diff_id,
+                    "chain_id": chain,
+                    "digest": d.digest,
+                    "media_type": d.media_type,
+                    "size": d.size,
+                    "path": d.name.to_string_lossy(),
+                    "entries": l.index.entries.len(),
+                    "counts": c.kinds,
+                    "hard_links": c.hardlinks,
+                    "whiteouts": c.whiteouts,
+                    "file_bytes": c.data,
+                    "index": if l.source.built { "built" } else { "loaded" },
+                    "index_ms": l.source.elapsed.as_secs_f64() * 1e3,
+                    "index_file": l.source.file.as_ref().map(|f| f.to_string_lossy().into_owned()),
+                    "warnings": l.index.warnings,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "source": img.source.to_string_lossy(),
+            "names": img.names,
+            "manifest_digest": img.manifest_digest,
+            "config_digest": img.config_digest,
+            "platform": img.platform.to_string(),
+            "chain_id": chains.last(),
+            "layers": ls,
+            "total_ms": total.as_secs_f64() * 1e3,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let title = img
+        .names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "(untagged)".into());
+    writeln!(out, "{title}  ({})", img.source.display())?;
+    if img.names.len() > 1 {
+        writeln!(out, "  names:     {}", img.names.join(", "))?;
+    }
+    if let Some(m) = &img.manifest_digest {
+        writeln!(out, "  manifest:  {m}")?;
+    }
+    writeln!(out, "  config:    {}", img.config_digest)?;
+    writeln!(out, "  platform:  {}", img.platform)?;
+    if let Some(c) = chains.last() {
+        writeln!(out, "  chainID:   {c}")?;
+    }
+    writeln!(
+        out,
+        "  layers:    {} (bottom first), opened in {:.1} ms",
+        layers.len(),
+        total.as_secs_f64() * 1e3
+    )?;
+    for (i, ((d, l), chain)) in img.layers.iter().zip(&layers).zip(&chains).enumerate() {
+        let c = Counts::of(&l.index);
+        writeln!(out, "  layer {i}")?;
+        writeln!(out, "    diffID:  {}", d.diff_id)?;
+        writeln!(out, "    chainID: {chain}")?;
+        if let Some(dg) = &d.digest {
+            writeln!(out, "    blob:    {dg}")?;
+        }
+        writeln!(out, "    type:    {}, {} bytes", d.media_type, d.size)?;
+        writeln!(
+            out,
+            "    entries: {} ({}), {} bytes of file data",
+            l.index.entries.len(),
+            c.words(),
+            c.data
+        )?;
+        let how = if l.source.built {
+            "scanned and checked against the diffID"
+        } else {
+            "loaded"
+        };
+        writeln!(
+            out,
+            "    index:   {how} in {:.1} ms{}",
+            l.source.elapsed.as_secs_f64() * 1e3,
+            l.source
+                .file
+                .as_ref()
+                .map(|f| format!(", {}", f.display()))
+                .unwrap_or_default()
+        )?;
+        for w in &l.index.warnings {
+            writeln!(out, "    warning: {w}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_image(args: &ImageArgs, cache: &CacheArgs) -> Result<ExitCode> {
+    let img = args.open(cache)?.context("--image is required")?;
+    let mut opts = cache.options();
+    opts.members = true;
+    let layers = img.open_layers(&opts)?;
+    for (i, (d, l)) in img.layers.iter().zip(&layers).enumerate() {
+        let r = verify::reassemble(l)?;
+        if !r.digest.eq_ignore_ascii_case(&d.diff_id) {
+            return Err(unionfs::Error::DigestMismatch {
+                path: d.name.clone(),
+                expected: d.diff_id.clone(),
+                actual: r.digest,
+            }
+            .into());
+        }
+        println!(
+            "layer {i}: reassembled {} bytes from {} members: {} matches the diffID",
+            r.bytes, r.members, r.digest
+        );
+    }
+    println!("{}: {} layers verified", img.source.display(), layers.len());
     Ok(ExitCode::SUCCESS)
 }

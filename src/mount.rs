@@ -22,15 +22,14 @@ use crate::fuse::rw::RwFs;
 use crate::fuse::UnionFs;
 use crate::idmap::IdMap;
 use crate::overlay::{self, Overlay};
-use crate::stack::Stack;
-use crate::tar::{self, IndexOptions};
+use crate::tar::IndexOptions;
 use crate::upper::{Upper, WhiteoutFormat, OVERRIDE_XATTR};
 
 /// Everything `unionfs mount` needs.
 #[derive(Clone, Debug, Default)]
 pub struct MountConfig {
-    /// Layer tars, bottom first.
-    pub layers: Vec<PathBuf>,
+    /// The lower layers: loose tars or an image.
+    pub source: crate::layers::Source,
     /// Where to mount.
     pub mountpoint: PathBuf,
     /// Stay in the foreground (logs to stderr).
@@ -210,8 +209,8 @@ pub fn run(cfg: &MountConfig) -> Result<()> {
 }
 
 fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
-    let layers = tar::open_all(&cfg.layers, &cfg.index)?;
-    let stack = Arc::new(Stack::new(layers));
+    let (stack, _) = crate::layers::open(&cfg.source, &cfg.index)?;
+    let stack = Arc::new(stack);
     match &cfg.upper {
         None => serve_fs(
             UnionFs::new(stack).with_idmap(cfg.idmap.clone()),

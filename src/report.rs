@@ -179,12 +179,7 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
     let idx = stack.index(top);
     let ino = idx.inode_of(top.entry);
     let e = idx.entry(ino);
-    let layer_name = stack
-        .layer(top.layer)
-        .path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let layer_name = &stack.layer(top.layer).label;
     let size = match e.mode() & libc::S_IFMT {
         libc::S_IFCHR | libc::S_IFBLK => {
             let (a, b) = idx.extra(ino).rdev;

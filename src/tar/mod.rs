@@ -14,14 +14,14 @@ pub mod verify;
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use index::{EntryId, EntryRec, LayerIndex};
 pub use persist::TarIdentity;
 
+use crate::blob::{self, Blob};
 use crate::error::{Error, Result};
 
 /// Reads at least this large trigger a prefetch of what follows.
@@ -66,12 +66,16 @@ pub struct IndexSource {
     pub rejected: Option<String>,
 }
 
-/// One read-only layer: a tar file and its index.
+/// One read-only layer: a tar (a [`Blob`]: a file, or a range of an outer
+/// archive) and its index.
 #[derive(Debug)]
 pub struct TarLayer {
-    /// The tar's path as given.
+    /// The tar's path as given (for a layer inside an archive,
+    /// `ARCHIVE:PATH-IN-ARCHIVE`): what messages name.
     pub path: PathBuf,
-    file: File,
+    /// A short name for listings: the file name, or the diffID's first hex digits.
+    pub label: String,
+    blob: Blob,
     /// The index.
     pub index: LayerIndex,
     /// Where the index came from.
@@ -81,16 +85,42 @@ pub struct TarLayer {
 /// Compression formats recognised by their magic bytes.
 fn sniff_compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
     if head.starts_with(&[0x1f, 0x8b]) {
-        Some(("gzip", "gunzip -k FILE  (or: gzip -dc FILE > layer.tar)"))
+        Some(("gzip", "gzip -dc FILE > layer.tar"))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(("zstd", "zstd -d FILE -o layer.tar"))
+        Some(("zstd", "zstd -dc FILE > layer.tar"))
     } else if head.starts_with(b"BZh") {
-        Some(("bzip2", "bunzip2 -k FILE"))
+        Some(("bzip2", "bzip2 -dc FILE > layer.tar"))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some(("xz", "unxz -k FILE"))
+        Some(("xz", "xz -dc FILE > layer.tar"))
     } else {
         None
     }
+}
+
+/// Refuses what cannot be a tar at all, by its first bytes and its length.
+fn check_head(path: &Path, blob: &Blob) -> Result<()> {
+    let not_tar = |reason: String| Error::NotATar {
+        path: path.to_owned(),
+        reason,
+    };
+    if blob.is_empty() {
+        return Err(not_tar("is empty (0 bytes), not a tar archive".into()));
+    }
+    let mut head = [0u8; 8];
+    let n = scan::ReadAt::read_at(blob, &mut head, 0).map_err(|e| Error::io(path, e))?;
+    if let Some((kind, how)) = sniff_compression(&head[..n]) {
+        return Err(not_tar(format!(
+            "is {kind}-compressed; unionfs serves uncompressed layer tars. Decompress it first: {}",
+            how.replace("FILE", &path.display().to_string())
+        )));
+    }
+    if blob.len() < 512 {
+        return Err(not_tar(format!(
+            "is {} bytes, shorter than one 512-byte tar header: not a tar archive",
+            blob.len()
+        )));
+    }
+    Ok(())
 }
 
 impl TarLayer {
@@ -110,25 +140,14 @@ impl TarLayer {
         if !meta.is_file() {
             return Err(not_tar("is not a regular file".into()));
         }
-        if meta.len() == 0 {
-            return Err(not_tar("is empty (0 bytes), not a tar archive".into()));
-        }
-        let mut head = [0u8; 8];
-        let n = file.read_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
-        if let Some((kind, how)) = sniff_compression(&head[..n]) {
-            return Err(not_tar(format!(
-                "is {kind}-compressed; unionfs serves uncompressed layer tars. Decompress it first: {}",
-                how.replace("FILE", &path.display().to_string())
-            )));
-        }
-        if meta.len() < 512 {
-            return Err(not_tar(format!(
-                "is {} bytes, shorter than one 512-byte tar header: not a tar archive",
-                meta.len()
-            )));
-        }
-
-        let id = TarIdentity::of(&file).map_err(|e| Error::io(path, e))?;
+        let blob = Blob::whole(file).map_err(|e| Error::io(path, e))?;
+        check_head(path, &blob)?;
+        let file = blob.file();
+        let id = TarIdentity::of(file).map_err(|e| Error::io(path, e))?;
+        let label = path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let index_file = opts
             .cache_dir
             .as_ref()
@@ -136,12 +155,13 @@ impl TarLayer {
         let start = Instant::now();
         let mut rejected = None;
         if let (Some(f), false) = (&index_file, opts.rebuild) {
-            match persist::load(f, &file, &id, opts.members) {
+            match persist::load(f, file, &id, opts.members) {
                 Ok(Ok(index)) => {
                     log_warnings(path, &index);
                     return Ok(TarLayer {
                         path: path.to_owned(),
-                        file,
+                        label,
+                        blob,
                         index,
                         source: IndexSource {
                             built: false,
@@ -162,7 +182,7 @@ impl TarLayer {
             }
         }
         let scan_start = std::time::SystemTime::now();
-        let mut index = build_index(path, &file, id.size)?;
+        let mut index = build_index(path, &blob, id.size)?;
         log_warnings(path, &index);
         let elapsed = start.elapsed();
         let mut kept = None;
@@ -170,7 +190,7 @@ impl TarLayer {
             // A tar changed just before indexing is stored with a content checksum
             // that every load verifies (its identity alone could be stale).
             let racy_sum = if racy(&id, scan_start) {
-                persist::content_sum(&file).ok()
+                persist::content_sum(blob.file()).ok()
             } else {
                 None
             };
@@ -194,7 +214,120 @@ impl TarLayer {
         index.shrink_to_fit();
         Ok(TarLayer {
             path: path.to_owned(),
-            file,
+            label,
+            blob,
+            index,
+            source: IndexSource {
+                built: true,
+                elapsed,
+                file: kept,
+                rejected,
+            },
+        })
+    }
+
+    /// Opens a layer known by its diffID (`sha256:<hex>` of the uncompressed
+    /// tar): `blob` holds the tar (e.g. a member of an image archive), `name`
+    /// names it in messages, `label` in listings.
+    ///
+    /// The index is stored under the diffID, so a layer shared by several
+    /// images is indexed once. The blob's bytes are checked against `diff_id`
+    /// the first time this source (file and range) is seen — in the same pass
+    /// that indexes it when there is no index yet — and the result is
+    /// remembered ([`blob::verified`]); a mismatch is an error and nothing is
+    /// stored.
+    pub fn open_verified(
+        name: &Path,
+        label: String,
+        blob: Blob,
+        diff_id: &str,
+        opts: &IndexOptions,
+    ) -> Result<TarLayer> {
+        check_head(name, &blob)?;
+        let hexpart = diff_id.strip_prefix("sha256:").unwrap_or_default();
+        if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NotATar {
+                path: name.to_owned(),
+                reason: format!("unsupported diffID {diff_id:?} (expected sha256:<64 hex digits>)"),
+            });
+        }
+        let id = TarIdentity {
+            size: blob.len(),
+            ..TarIdentity::default()
+        };
+        let cache = opts.cache_dir.as_deref();
+        let index_file =
+            cache.map(|d| d.join(format!("sha256-{}.uidx", hexpart.to_ascii_lowercase())));
+        let start = Instant::now();
+        let started = std::time::SystemTime::now();
+        let mismatch = |actual: String| Error::DigestMismatch {
+            path: name.to_owned(),
+            expected: format!("{diff_id} (the layer's diffID)"),
+            actual,
+        };
+        let mut rejected = None;
+        if let (Some(f), false) = (&index_file, opts.rebuild) {
+            match persist::load(f, blob.file(), &id, opts.members) {
+                Ok(Ok(index)) => {
+                    if !blob::verified::is_verified(cache, &blob, diff_id) {
+                        let actual = blob::sha256(&blob).map_err(|e| Error::io(name, e))?;
+                        if !actual.eq_ignore_ascii_case(diff_id) {
+                            return Err(mismatch(actual));
+                        }
+                        blob::verified::record(cache, &blob, diff_id, started);
+                    }
+                    log_warnings(name, &index);
+                    return Ok(TarLayer {
+                        path: name.to_owned(),
+                        label,
+                        blob,
+                        index,
+                        source: IndexSource {
+                            built: false,
+                            elapsed: start.elapsed(),
+                            file: index_file,
+                            rejected: None,
+                        },
+                    });
+                }
+                Ok(Err(why)) => rejected = Some(why),
+                Err(e) => {
+                    log::warn!(target: "unionfs::tar", "{}: {e}; re-indexing", f.display());
+                    rejected = Some(e.to_string());
+                }
+            }
+        }
+        // One pass: the scanner reads headers, the hashing reader digests
+        // every byte (the payloads the scanner skips included) in order.
+        let hashing = blob::Hashing::new(&blob);
+        let mut index = build_index(name, &hashing, blob.len())?;
+        let actual = hashing.finish().map_err(|e| Error::io(name, e))?;
+        if !actual.eq_ignore_ascii_case(diff_id) {
+            return Err(mismatch(actual));
+        }
+        blob::verified::record(cache, &blob, diff_id, started);
+        log_warnings(name, &index);
+        let elapsed = start.elapsed();
+        let mut kept = None;
+        if let Some(f) = index_file {
+            match store(&f, &index, &id, None) {
+                Ok(()) => kept = Some(f),
+                Err(e) => log::warn!(
+                    target: "unionfs::tar",
+                    "cannot store the index of {} in {}: {e} (it will be rebuilt next time)",
+                    name.display(),
+                    f.display()
+                ),
+            }
+        }
+        if !opts.members {
+            index.members = Vec::new();
+        }
+        index.shrink_to_fit();
+        Ok(TarLayer {
+            path: name.to_owned(),
+            label,
+            blob,
             index,
             source: IndexSource {
                 built: true,
@@ -217,7 +350,7 @@ impl TarLayer {
         let buf = &mut buf[..n];
         if e.has(index::F_SPARSE) {
             let x = self.index.extra(id);
-            read_sparse(&self.file, e.data_off, &x.sparse, off, buf)?;
+            read_sparse(&self.blob, e.data_off, &x.sparse, off, buf)?;
         } else {
             self.pread_exact(buf, e.data_off + off)?;
             if n >= PREFETCH_MIN {
@@ -233,13 +366,11 @@ impl TarLayer {
     }
 
     fn prefetch(&self, off: u64, len: u64) {
-        if len > 0 {
-            crate::sys::fadvise_willneed(self.file.as_fd(), off, len);
-        }
+        self.blob.prefetch(off, len);
     }
 
     fn pread_exact(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        scan::read_exact_at(&self.file, buf, off).map_err(|e| {
+        scan::read_exact_at(&self.blob, buf, off).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::other(format!(
                     "{}: the tar is shorter than when it was indexed",
@@ -251,16 +382,16 @@ impl TarLayer {
         })
     }
 
-    /// The open tar file (for `verify`).
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The tar's bytes (for `verify`).
+    pub fn blob(&self) -> &Blob {
+        &self.blob
     }
 }
 
 /// Fills `buf` with the logical bytes at `off` of a sparse file whose chunks
 /// (offset, length) are stored back to back at `data_off`.
 fn read_sparse(
-    f: &File,
+    f: &Blob,
     data_off: u64,
     map: &[(u64, u64)],
     off: u64,
@@ -291,7 +422,7 @@ fn read_sparse(
 /// clock tick as its last one (timestamps are kernel-tick coarse), same size,
 /// mtime put back, would keep the identity the index is keyed on. 50 ms is
 /// several ticks at any HZ.
-fn racy(id: &TarIdentity, scan_start: std::time::SystemTime) -> bool {
+pub(crate) fn racy(id: &TarIdentity, scan_start: std::time::SystemTime) -> bool {
     let start = match scan_start.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(_) => return true,
@@ -309,7 +440,11 @@ fn log_warnings(path: &Path, index: &LayerIndex) {
 }
 
 /// Scans and indexes `file` (the tar at `path`), entry by entry.
-pub fn build_index(path: &Path, file: &File, size: u64) -> Result<LayerIndex> {
+pub fn build_index<R: scan::ReadAt + ?Sized>(
+    path: &Path,
+    file: &R,
+    size: u64,
+) -> Result<LayerIndex> {
     let mut b = build::Builder::new();
     let scanned = scan::scan_with(file, |raw| b.add(raw)).map_err(|e| match e {
         scan::ScanError::Io(e) => Error::io(path, e),
@@ -340,25 +475,36 @@ fn store(f: &Path, index: &LayerIndex, id: &TarIdentity, racy_sum: Option<u64>) 
 /// (at most one thread per CPU). Fails on the first layer (in list order) that
 /// cannot be opened.
 pub fn open_all(paths: &[PathBuf], opts: &IndexOptions) -> Result<Vec<TarLayer>> {
+    open_parallel(paths.len(), |i| TarLayer::open(&paths[i], opts))
+}
+
+/// Runs `open(0..n)` on at most one thread per CPU and returns the results in
+/// order; fails with the first error in that order.
+pub fn open_parallel<T: Send>(
+    n: usize,
+    open: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(paths.len().max(1));
+        .min(n.max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut slots: Vec<Option<Result<TarLayer>>> = (0..paths.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<Result<T>>> = (0..n).map(|_| None).collect();
     let results = parking_lot::Mutex::new(&mut slots);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(p) = paths.get(i) else { break };
-                let r = TarLayer::open(p, opts);
+                if i >= n {
+                    break;
+                }
+                let r = open(i);
                 results.lock()[i] = Some(r);
             });
         }
     });
     slots
         .into_iter()
-        .map(|r| r.expect("every layer was attempted"))
+        .map(|r| r.expect("every item was attempted"))
         .collect()
 }

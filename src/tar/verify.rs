@@ -41,7 +41,7 @@ pub fn reassemble(layer: &TarLayer) -> Result<Reassembly> {
         let mut at = from;
         while at < to {
             let n = (to - at).min(buf.len() as u64) as usize;
-            super::scan::read_exact_at(layer.file(), &mut buf[..n], at)
+            super::scan::read_exact_at(layer.blob(), &mut buf[..n], at)
                 .map_err(|e| Error::io(path, e))?;
             hasher.update(&buf[..n]);
             at += n as u64;
@@ -59,7 +59,7 @@ pub fn reassemble(layer: &TarLayer) -> Result<Reassembly> {
             ));
         }
         let mut block = [0u8; 512];
-        super::scan::read_exact_at(layer.file(), &mut block, m.hdr_off)
+        super::scan::read_exact_at(layer.blob(), &mut block, m.hdr_off)
             .map_err(|e| Error::io(path, e))?;
         Header(&block)
             .check_checksum()

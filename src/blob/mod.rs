@@ -1,0 +1,213 @@
+//! Blobs: the random-access byte source behind one layer's uncompressed tar.
+//!
+//! A [`Blob`] is a byte range of an open file: a whole loose layer tar, or one
+//! member of an outer archive (a `docker save` archive, an OCI archive), whose
+//! payload is one contiguous range of the outer file (tar payloads are never
+//! split). Reads are `pread`s at `base + off`: nothing is copied or extracted.
+//!
+//! This module knows nothing of tar entries or images; it owns byte sources and
+//! the digest pass over them ([`Hashing`], [`sha256`]) and the record of which
+//! sources were already checked ([`verified`]).
+
+pub mod verified;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
+
+use crate::tar::scan::ReadAt;
+
+/// A contiguous byte range of an open file.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    file: Arc<File>,
+    base: u64,
+    len: u64,
+}
+
+impl Blob {
+    /// The whole of `file`.
+    pub fn whole(file: File) -> io::Result<Blob> {
+        let len = file.metadata()?.len();
+        Ok(Blob {
+            file: Arc::new(file),
+            base: 0,
+            len,
+        })
+    }
+
+    /// `len` bytes of `file` from `base`.
+    pub fn range(file: Arc<File>, base: u64, len: u64) -> Blob {
+        Blob { file, base, len }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Returns true if and only if the blob has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Where the range starts in its file.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The file holding the bytes.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Asks the page cache to read `len` bytes at `off` ahead of use.
+    pub fn prefetch(&self, off: u64, len: u64) {
+        let len = len.min(self.len.saturating_sub(off));
+        if len > 0 {
+            crate::sys::fadvise_willneed(self.file.as_fd(), self.base + off, len);
+        }
+    }
+}
+
+impl ReadAt for Blob {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        if off >= self.len {
+            return Ok(0);
+        }
+        let n = (self.len - off).min(buf.len() as u64) as usize;
+        FileExt::read_at(&*self.file, &mut buf[..n], self.base + off)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+}
+
+/// A reader that computes the sha256 of everything under it while a scanner
+/// reads it: each read first hashes the bytes between the last hashed offset
+/// and its own start (the payloads the scanner seeks over), so that one
+/// sequential pass both indexes a layer and digests it.
+///
+/// Reads must be at non-decreasing offsets or re-read bytes already hashed (as
+/// the tar scanner does); [`Hashing::finish`] hashes the rest and returns the
+/// digest.
+pub struct Hashing<'a, R: ReadAt + ?Sized> {
+    inner: &'a R,
+    state: Mutex<(Sha256, u64, Vec<u8>)>,
+}
+
+impl<'a, R: ReadAt + ?Sized> Hashing<'a, R> {
+    /// Wraps `inner`; nothing is hashed yet.
+    pub fn new(inner: &'a R) -> Self {
+        Hashing {
+            inner,
+            state: Mutex::new((Sha256::new(), 0, Vec::new())),
+        }
+    }
+
+    /// Hashes what is left up to the end and returns `sha256:<hex>`.
+    pub fn finish(self) -> io::Result<String> {
+        let len = self.inner.len()?;
+        let mut st = self.state.into_inner();
+        hash_gap(self.inner, &mut st, len)?;
+        Ok(format!("sha256:{}", hex(&st.0.finalize())))
+    }
+}
+
+/// Hashes `inner`'s bytes from the state's offset up to `to`.
+fn hash_gap<R: ReadAt + ?Sized>(
+    inner: &R,
+    st: &mut (Sha256, u64, Vec<u8>),
+    to: u64,
+) -> io::Result<()> {
+    let (h, at, buf) = st;
+    if *at >= to {
+        return Ok(());
+    }
+    if buf.is_empty() {
+        buf.resize(1 << 20, 0);
+    }
+    while *at < to {
+        let n = (to - *at).min(buf.len() as u64) as usize;
+        crate::tar::scan::read_exact_at(inner, &mut buf[..n], *at)?;
+        h.update(&buf[..n]);
+        *at += n as u64;
+    }
+    Ok(())
+}
+
+impl<R: ReadAt + ?Sized> ReadAt for Hashing<'_, R> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        let mut st = self.state.lock();
+        hash_gap(self.inner, &mut st, off)?;
+        let n = self.inner.read_at(buf, off)?;
+        let end = off + n as u64;
+        if end > st.1 {
+            let from = (st.1 - off) as usize;
+            st.0.update(&buf[from..n]);
+            st.1 = end;
+        }
+        Ok(n)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+/// `sha256:<hex>` of all of `r`.
+pub fn sha256<R: ReadAt + ?Sized>(r: &R) -> io::Result<String> {
+    Hashing::new(r).finish()
+}
+
+/// `sha256:<hex>` of a byte slice.
+pub fn sha256_bytes(b: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(b)))
+}
+
+/// Lower-case hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_covers_skipped_and_reread_bytes_once() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let want = sha256_bytes(&data);
+        let h = Hashing::new(&data);
+        let mut b = [0u8; 100];
+        // Forward jumps, re-reads, overlapping reads, a read past the end.
+        for off in [0u64, 50, 40, 1000, 1000, 1050, 4990] {
+            h.read_at(&mut b, off).unwrap();
+        }
+        assert_eq!(h.finish().unwrap(), want);
+        assert_eq!(sha256(&data).unwrap(), want);
+        assert_eq!(sha256(&Vec::<u8>::new()).unwrap(), sha256_bytes(b""));
+    }
+
+    #[test]
+    fn range_reads_stay_inside() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, b"0123456789").unwrap();
+        let b = Blob::range(Arc::new(f), 3, 4);
+        let mut buf = [0u8; 10];
+        assert_eq!(b.read_at(&mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf[..4], b"3456");
+        assert_eq!(b.read_at(&mut buf, 3).unwrap(), 1);
+        assert_eq!(b.read_at(&mut buf, 4).unwrap(), 0);
+        assert_eq!(sha256(&b).unwrap(), sha256_bytes(b"3456"));
+    }
+}

@@ -1,0 +1,63 @@
+//! What the user named as the lower layers — loose layer tars (`--layers`) or
+//! an image (`--image PATH[:REF]`) — opened and stacked. The one place where
+//! the CLI and the mount turn either into a [`Stack`].
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::image::{Image, ImageRef, PlatformChoice};
+use crate::stack::Stack;
+use crate::tar::{self, IndexOptions};
+
+/// The lower layers, as given.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Layer tars, bottom first.
+    Layers(Vec<PathBuf>),
+    /// An image archive or layout, and which image and platform in it.
+    Image {
+        /// `PATH[:REF]`, parsed.
+        image: ImageRef,
+        /// `--platform`, if given.
+        platform: Option<String>,
+    },
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Layers(Vec::new())
+    }
+}
+
+/// Opens every layer and stacks them; for an image, also returns it.
+pub fn open(source: &Source, opts: &IndexOptions) -> Result<(Stack, Option<Image>)> {
+    match source {
+        Source::Layers(paths) => {
+            let layers = tar::open_all(paths, opts)?;
+            for l in &layers {
+                if let Some(reason) = crate::image::refuse_as_layer(l) {
+                    return Err(Error::NotATar {
+                        path: l.path.clone(),
+                        reason,
+                    });
+                }
+            }
+            Ok((Stack::new(layers), None))
+        }
+        Source::Image { image, platform } => {
+            let img = Image::open(image, &PlatformChoice::new(platform.as_deref())?, opts)?;
+            if img.layers.len() > usize::from(u16::MAX) {
+                return Err(Error::Image {
+                    path: img.source.clone(),
+                    reason: format!(
+                        "has {} layers, more than unionfs stacks ({})",
+                        img.layers.len(),
+                        u16::MAX
+                    ),
+                });
+            }
+            let layers = img.open_layers(opts)?;
+            Ok((Stack::new(layers), Some(img)))
+        }
+    }
+}
