@@ -322,7 +322,18 @@ impl Image {
             }
         }
         merge_oci_names(&mut oci);
-        let chosen = choose(&r.path, r.reference.as_deref(), &oci, &docker)?;
+        let mut chosen = choose(&r.path, r.reference.as_deref(), &oci, &docker)?;
+        // Docker ≥ 25 archives describe each image twice: prefer the OCI
+        // manifest (it has digests and media types) of the image a
+        // manifest.json tag chose.
+        if let (Kind::Docker(_), Some(cfg)) = (&chosen.kind, &chosen.config) {
+            if let Some(o) = oci
+                .iter()
+                .find(|o| oci_config(store, o).as_deref() == Some(cfg.as_str()))
+            {
+                chosen = o;
+            }
+        }
         let mut image = match &chosen.kind {
             Kind::Oci(d) => resolve_oci(store, d, chosen, platform)?,
             Kind::Docker(im) => resolve_docker(store, im, chosen)?,
@@ -368,6 +379,18 @@ impl Image {
             )
         })
     }
+}
+
+/// The config digest of an `index.json` entry that is a manifest (not an
+/// index), if it can be read.
+fn oci_config(store: &dyn Store, c: &Candidate) -> Option<String> {
+    let Kind::Oci(d) = &c.kind else { return None };
+    if spec::is_index(&d.media_type) {
+        return None;
+    }
+    let b = read_verified(store, &d.digest, "manifest").ok()?;
+    let m: spec::Manifest = serde_json::from_slice(&b).ok()?;
+    Some(m.config.digest.to_ascii_lowercase())
 }
 
 /// Entries of `index.json` that share a digest are one image with several names.
