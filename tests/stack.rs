@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use unionfs::stack::Stack;
-use util::{stack, view, E, E::*};
+use unionfs::tar::index::F_IMPLICIT;
+use unionfs::tar::{IndexOptions, TarLayer};
+use util::{stack, view, Hdr, Tar, E, E::*};
 
 type Spec<'a> = &'a [(&'a str, E<'a>)];
 
@@ -31,11 +33,11 @@ fn top_layer_wins() {
         ],
         &["etc/@1,0", "etc/a@1=1", "etc/b@0=b0"],
     );
-    // The top directory's metadata is the one shown.
-    let s = stack(&[&[("etc", Dir)], &[("etc/x", File(""))]]);
+    // The top directory's metadata is the one shown, when its tar lists it.
+    let s = stack(&[&[("etc", Dir)], &[("etc", Dir), ("etc/x", File(""))]]);
     let etc = s.resolve(b"etc").unwrap();
     assert_eq!(etc.top.layer.0, 1);
-    assert!(s.rec(etc.top).has(unionfs::tar::index::F_IMPLICIT));
+    assert!(!s.rec(etc.top).has(F_IMPLICIT));
 }
 
 #[test]
@@ -324,6 +326,284 @@ fn merged_dir_flags() {
 }
 
 // ---------------------------------------------------------------------------
+// Implicit parent directories: containerd's `mkparent`
+
+/// A directory member listed with metadata: `mode`, owner `id:id+1`, `mtime`,
+/// and the xattr `user.tag` = `tag`.
+fn listed_dir(t: &mut Tar, path: &str, mode: u64, id: u64, mtime: u64, tag: &str) {
+    t.pax(&[("SCHILY.xattr.user.tag", tag.as_bytes())]);
+    let h = Hdr::ustar(path, b'5', 0)
+        .mode(mode)
+        .uid(id)
+        .gid(id + 1)
+        .mtime(mtime);
+    t.entry(h, b"");
+}
+
+/// A stack of raw tars, bottom first.
+fn raw_stack(tars: &[Vec<u8>]) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = tars
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let p = util::write_tar(dir.path(), &format!("{i}.tar"), t);
+            TarLayer::open(&p, &IndexOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    Stack::new(layers)
+}
+
+/// What `path` shows: (layer, `st_mode`, uid, gid, mtime, `user.tag`, implicit).
+type Shown = (u16, u32, u32, u32, i64, Option<String>, bool);
+
+fn shown(s: &Stack, path: &str) -> Shown {
+    let m = s
+        .resolve(path.as_bytes())
+        .unwrap_or_else(|| panic!("{path}: not found"));
+    let e = s.rec(m.top);
+    let idx = s.index(m.top);
+    let tag = idx
+        .extra(m.top.entry)
+        .xattrs
+        .iter()
+        .find(|(k, _)| *k == b"user.tag")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    (
+        m.top.layer.0,
+        e.mode(),
+        e.uid,
+        e.gid,
+        e.mtime,
+        tag,
+        e.has(F_IMPLICIT),
+    )
+}
+
+/// The defaults of an implicit directory of layer `l`: 0755, root, mtime 0.
+fn defaults(l: u16) -> Shown {
+    (l, libc::S_IFDIR | 0o755, 0, 0, 0, None, true)
+}
+
+/// Every name of the stack resolves, and every listing entry is what lookup
+/// shows (so readdir's inode numbers are lookup's); no two names show one entry.
+#[track_caller]
+fn consistent(s: &Stack) {
+    let lines = view(s); // asserts listing == lookup for every name
+    let mut tops = std::collections::HashSet::new();
+    let mut todo = vec![(String::new(), s.root())];
+    while let Some((p, m)) = todo.pop() {
+        assert!(tops.insert(m.top), "{p}: shows an entry another name shows");
+        for d in s.read_dir(&m) {
+            let name = String::from_utf8_lossy(s.name(d.entry)).into_owned();
+            let child = s.lookup(&m, s.name(d.entry)).unwrap();
+            todo.push((format!("{p}/{name}"), child));
+        }
+    }
+    assert_eq!(tops.len(), lines.len() + 1);
+}
+
+#[test]
+fn implicit_directory_shows_the_listed_directory_below() {
+    let mut l0 = Tar::new();
+    listed_dir(&mut l0, "usr", 0o700, 7, 1234, "usr@0");
+    listed_dir(&mut l0, "usr/lib", 0o2750, 9, 99, "lib@0");
+    l0.file("usr/lib/a", b"a");
+    l0.file("e/x", b""); // e implicit here…
+    let mut l1 = Tar::new();
+    l1.file("usr/lib/b", b"b"); // usr and usr/lib implicit over listed ones
+    listed_dir(&mut l1, "e", 0o711, 3, 55, "e@1"); // …and listed above
+    let s = raw_stack(&[l0.finish(), l1.finish()]);
+    assert_eq!(
+        shown(&s, "usr"),
+        (
+            0,
+            libc::S_IFDIR | 0o700,
+            7,
+            8,
+            1234,
+            Some("usr@0".into()),
+            false
+        )
+    );
+    assert_eq!(
+        shown(&s, "usr/lib"),
+        (
+            0,
+            libc::S_IFDIR | 0o2750,
+            9,
+            10,
+            99,
+            Some("lib@0".into()),
+            false
+        )
+    );
+    assert_eq!(
+        shown(&s, "e"),
+        (
+            1,
+            libc::S_IFDIR | 0o711,
+            3,
+            4,
+            55,
+            Some("e@1".into()),
+            false
+        )
+    );
+    // Still merged from both layers, top first.
+    let usr = s.resolve(b"usr/lib").unwrap();
+    let layers: Vec<u16> = usr.dirs.iter().map(|r| r.layer.0).collect();
+    assert_eq!(layers, [1, 0]);
+    assert_eq!(
+        view(&s),
+        [
+            "e/@1,0",
+            "e/x@0=",
+            "usr/@1,0",
+            "usr/lib/@1,0",
+            "usr/lib/a@0=a",
+            "usr/lib/b@1=b"
+        ]
+    );
+    consistent(&s);
+}
+
+#[test]
+fn implicit_over_implicit_over_listed() {
+    let mut l0 = Tar::new();
+    listed_dir(&mut l0, "d", 0o700, 1, 10, "d@0");
+    listed_dir(&mut l0, "m", 0o700, 1, 10, "m@0");
+    l0.file("a/x", b"");
+    let mut l1 = Tar::new();
+    l1.file("d/1", b"");
+    listed_dir(&mut l1, "m", 0o750, 2, 20, "m@1");
+    l1.file("a/y", b"");
+    let mut l2 = Tar::new();
+    l2.file("d/2", b"");
+    l2.file("m/2", b"");
+    let s = raw_stack(&[l0.finish(), l1.finish(), l2.finish()]);
+    assert_eq!(
+        shown(&s, "d"),
+        (
+            0,
+            libc::S_IFDIR | 0o700,
+            1,
+            2,
+            10,
+            Some("d@0".into()),
+            false
+        )
+    );
+    // The highest listed one, not the lowest.
+    assert_eq!(
+        shown(&s, "m"),
+        (
+            1,
+            libc::S_IFDIR | 0o750,
+            2,
+            3,
+            20,
+            Some("m@1".into()),
+            false
+        )
+    );
+    // Implicit in every layer: the topmost, with the defaults.
+    assert_eq!(shown(&s, "a"), defaults(1));
+    consistent(&s);
+}
+
+#[test]
+fn implicit_over_a_non_directory_keeps_the_defaults() {
+    let mut l0 = Tar::new();
+    l0.file("f", b"file");
+    listed_dir(&mut l0, "g", 0o700, 1, 10, "g@0");
+    listed_dir(&mut l0, "k", 0o700, 1, 10, "k@0");
+    let mut l1 = Tar::new();
+    l1.file("f/x", b""); // over a file
+    l1.file(".wh.g", b"");
+    l1.file("k", b"cuts k off");
+    let mut l2 = Tar::new();
+    l2.file("g/y", b""); // over a whiteout
+    l2.file("k/z", b""); // over a file over a directory
+    let s = raw_stack(&[l0.finish(), l1.finish(), l2.finish()]);
+    assert_eq!(shown(&s, "f"), defaults(1));
+    assert_eq!(shown(&s, "g"), defaults(2));
+    assert_eq!(shown(&s, "k"), defaults(2));
+    assert_eq!(
+        view(&s),
+        ["f/@1", "f/x@1=", "g/@2", "g/y@2=", "k/@2", "k/z@2="]
+    );
+    consistent(&s);
+}
+
+#[test]
+fn implicit_directory_that_does_not_merge_keeps_the_defaults() {
+    let mut l0 = Tar::new();
+    listed_dir(&mut l0, "o", 0o700, 1, 10, "o@0");
+    listed_dir(&mut l0, "w", 0o700, 1, 10, "w@0");
+    l0.file("o/x", b"");
+    l0.file("w/x", b"");
+    let mut l1 = Tar::new();
+    l1.file("o/.wh..wh..opq", b""); // opaque
+    l1.file("o/y", b"");
+    l1.file(".wh.w", b""); // whited out and filled in one layer
+    l1.file("w/y", b"");
+    let mut l2 = Tar::new();
+    l2.file("o/z", b""); // implicit over implicit that stops the merge
+    let s = raw_stack(&[l0.finish(), l1.finish(), l2.finish()]);
+    assert_eq!(shown(&s, "o"), defaults(2));
+    assert_eq!(shown(&s, "w"), defaults(1));
+    assert_eq!(view(&s), ["o/@2,1", "o/y@1=", "o/z@2=", "w/@1", "w/y@1="]);
+    consistent(&s);
+}
+
+#[test]
+fn implicit_root_shows_the_listed_root_below() {
+    let mut l0 = Tar::new();
+    listed_dir(&mut l0, "./", 0o751, 5, 50, "root@0");
+    l0.file("a", b"");
+    let mut l1 = Tar::new();
+    l1.file("b", b""); // no `./` member: the root is implicit
+    let mut l2 = Tar::new();
+    l2.file(".wh..wh..opq", b""); // ignored in a root: still merged
+    l2.file("c", b"");
+    let s = raw_stack(&[l0.finish(), l1.finish(), l2.finish()]);
+    let want = (
+        0,
+        libc::S_IFDIR | 0o751,
+        5,
+        6,
+        50,
+        Some("root@0".into()),
+        false,
+    );
+    assert_eq!(shown(&s, "/"), want);
+    assert_eq!(shown(&s, ""), want);
+    let root = s.root();
+    let layers: Vec<u16> = root.dirs.iter().map(|r| r.layer.0).collect();
+    assert_eq!(layers, [2, 1, 0]);
+    consistent(&s);
+    // A listed root above an implicit one shows; no root listed: the topmost.
+    let mut l3 = Tar::new();
+    listed_dir(&mut l3, ".", 0o700, 8, 80, "root@3");
+    let s = raw_stack(&[Tar::new().file("a", b"").finish(), l3.finish()]);
+    assert_eq!(
+        shown(&s, "/"),
+        (
+            1,
+            libc::S_IFDIR | 0o700,
+            8,
+            9,
+            80,
+            Some("root@3".into()),
+            false
+        )
+    );
+    let s = stack(&[&[("a", File(""))], &[("b", File(""))]]);
+    assert_eq!(shown(&s, "/"), defaults(1));
+}
+
+// ---------------------------------------------------------------------------
 // Differential: the stack against a naive overlay2-style model
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,29 +639,41 @@ fn own(p: &[&str]) -> Vec<String> {
     p.iter().map(|s| s.to_string()).collect()
 }
 
-/// A node of the model: kind, the layer that shows it, and for a directory
-/// every layer merged into it, top first.
+/// A node of the model: kind, the layer that shows it (for a directory, the
+/// highest merged one its tar lists, else the topmost: containerd's
+/// `mkparent`), whether that one is implicit, and for a directory every layer
+/// merged into it, top first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Node {
     kind: K,
     layer: usize,
+    implicit: bool,
     dirs: Vec<usize>,
 }
 
 type Tree = BTreeMap<Vec<String>, Node>;
 
-/// What a path of one extracted layer is: an object, or a marker file.
+/// What a path of one extracted layer is: an object, a directory the tar does
+/// not list (made for a missing parent), or a marker file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum T {
     Obj(K),
+    Implicit,
     Whiteout,
     Opaque,
 }
 
+impl T {
+    fn is_dir(&self) -> bool {
+        matches!(self, T::Obj(K::Dir) | T::Implicit)
+    }
+}
+
 /// One layer extracted on its own into an empty directory, entry by entry in
-/// tar order: a directory over a directory keeps its children, anything else
-/// replaces the old entry with its subtree (markers in it included); missing
-/// parents are created; an entry below a non-directory is dropped.
+/// tar order: a directory over a directory keeps its children (and is listed
+/// now), anything else replaces the old entry with its subtree (markers in it
+/// included); missing parents are created (implicit); an entry below a
+/// non-directory is dropped.
 fn extract(ops: &[Op]) -> BTreeMap<Vec<String>, T> {
     let mut t: BTreeMap<Vec<String>, T> = BTreeMap::new();
     for op in ops {
@@ -401,20 +693,21 @@ fn extract(ops: &[Op]) -> BTreeMap<Vec<String>, T> {
         let mut ok = true;
         for n in 1..=dirs.len() {
             match t.get(&own(&dirs[..n])) {
-                Some(T::Obj(K::Dir)) => {}
+                Some(v) if v.is_dir() => {}
                 Some(_) => {
                     ok = false;
                     break;
                 }
                 None => {
-                    t.insert(own(&dirs[..n]), T::Obj(K::Dir));
+                    t.insert(own(&dirs[..n]), T::Implicit);
                 }
             }
         }
         if !ok {
             continue;
         }
-        if t.get(&path) == Some(&T::Obj(K::Dir)) && kind == T::Obj(K::Dir) {
+        if t.get(&path).is_some_and(T::is_dir) && kind == T::Obj(K::Dir) {
+            t.insert(path, kind);
             continue;
         }
         t.retain(|q, _| !q.starts_with(&path));
@@ -430,7 +723,7 @@ fn extract(ops: &[Op]) -> BTreeMap<Vec<String>, T> {
 /// the name below, an opaque directory hides everything below it, a directory
 /// merges with a directory below, anything else replaces what is below. An
 /// opaque marker in a layer's root is ignored (as overlayfs ignores opacity on a
-/// layer root).
+/// layer root). A merged directory shows the highest layer that lists it.
 fn model(layers: &[Vec<Op>]) -> (Vec<usize>, Tree) {
     let mut root: Vec<usize> = Vec::new();
     let mut m = Tree::new();
@@ -438,12 +731,15 @@ fn model(layers: &[Vec<Op>]) -> (Vec<usize>, Tree) {
         let t = extract(ops);
         let mut whiteouts = Vec::new();
         let mut opaque = Vec::new();
-        let mut objs: BTreeMap<Vec<String>, K> = BTreeMap::new();
+        let mut objs: BTreeMap<Vec<String>, (K, bool)> = BTreeMap::new();
         for (p, v) in &t {
             let (name, dir) = p.split_last().unwrap();
             match v {
                 T::Obj(k) => {
-                    objs.insert(p.clone(), k.clone());
+                    objs.insert(p.clone(), (k.clone(), false));
+                }
+                T::Implicit => {
+                    objs.insert(p.clone(), (K::Dir, true));
                 }
                 T::Opaque if !dir.is_empty() => opaque.push(dir.to_vec()),
                 T::Opaque => {}
@@ -451,7 +747,7 @@ fn model(layers: &[Vec<Op>]) -> (Vec<usize>, Tree) {
                     let mut target = dir.to_vec();
                     target.push(name[4..].to_string());
                     match t.get(&target) {
-                        Some(T::Obj(K::Dir)) => opaque.push(target),
+                        Some(v) if v.is_dir() => opaque.push(target),
                         Some(_) => {}
                         None => whiteouts.push(target),
                     }
@@ -462,14 +758,12 @@ fn model(layers: &[Vec<Op>]) -> (Vec<usize>, Tree) {
             remove_tree(&mut m, w);
         }
         for q in &opaque {
-            m.retain(|p, _| !(p.len() > q.len() && p.starts_with(q)));
-            if let Some(n) = m.get_mut(q) {
-                n.dirs.clear();
-            }
+            // Put back from `objs` below, merged with nothing.
+            remove_tree(&mut m, q);
         }
         root.insert(0, l);
-        for (p, k) in objs {
-            put(&mut m, l, p, k);
+        for (p, (k, implicit)) in objs {
+            put(&mut m, l, p, k, implicit);
         }
     }
     (root, m)
@@ -479,13 +773,17 @@ fn remove_tree(m: &mut Tree, p: &[String]) {
     m.retain(|q, _| !q.starts_with(p));
 }
 
-/// Stacks `k` at `p` from layer `l`: a directory over a directory merges,
-/// anything else replaces what is below, subtree included.
-fn put(m: &mut Tree, l: usize, p: Vec<String>, k: K) {
+/// Stacks `k` at `p` from layer `l`: a directory over a directory merges
+/// (and shows unless it is implicit over a listed one), anything else
+/// replaces what is below, subtree included.
+fn put(m: &mut Tree, l: usize, p: Vec<String>, k: K, implicit: bool) {
     if let Some(old) = m.get_mut(&p) {
         if old.kind == K::Dir && k == K::Dir {
             old.dirs.insert(0, l);
-            old.layer = l;
+            if !implicit || old.implicit {
+                old.layer = l;
+                old.implicit = implicit;
+            }
             return;
         }
     }
@@ -496,6 +794,7 @@ fn put(m: &mut Tree, l: usize, p: Vec<String>, k: K) {
         Node {
             kind: k,
             layer: l,
+            implicit,
             dirs,
         },
     );
@@ -588,6 +887,8 @@ proptest! {
         let (root_dirs, m) = model(&layers);
 
         let got_root: Vec<usize> = s.root().dirs.iter().map(|r| usize::from(r.layer.0)).collect();
+        // No layer lists its root here: the topmost shows.
+        prop_assert_eq!(usize::from(s.root().top.layer.0), root_dirs[0], "root shown");
         prop_assert_eq!(got_root, root_dirs, "root layers");
         // Every path of the model resolves to the same thing.
         for (p, node) in &m {
@@ -597,6 +898,7 @@ proptest! {
             let got = got.unwrap();
             prop_assert_eq!(kind_of(&s, &got), node.kind.clone(), "{}", path);
             prop_assert_eq!(usize::from(got.top.layer.0), node.layer, "{}", path);
+            prop_assert_eq!(s.rec(got.top).has(F_IMPLICIT), node.implicit, "{} implicit", path);
             let dirs: Vec<usize> = got.dirs.iter().map(|r| usize::from(r.layer.0)).collect();
             prop_assert_eq!(dirs, node.dirs.clone(), "{} merged layers", path);
             if node.kind == K::File {
@@ -609,8 +911,12 @@ proptest! {
         dirs.extend(m.iter().filter(|(_, n)| n.kind == K::Dir).map(|(p, _)| p.clone()));
         for d in dirs {
             let merged = s.resolve(d.join("/").as_bytes()).unwrap();
-            let got: Vec<String> = s
-                .read_dir(&merged)
+            let list = s.read_dir(&merged);
+            for e in &list {
+                let top = s.lookup(&merged, s.name(e.entry)).map(|c| c.top);
+                prop_assert_eq!(top, Some(e.entry), "listing and lookup of /{}", d.join("/"));
+            }
+            let got: Vec<String> = list
                 .iter()
                 .map(|e| String::from_utf8_lossy(s.name(e.entry)).into_owned())
                 .collect();

@@ -8,8 +8,12 @@
 //! Owns the harness and its cases; hand-written expectations live in `mount.rs`.
 //!
 //! Harness rules that keep the oracle honest:
-//! - layers always carry explicit parent directory entries (GNU tar would make
-//!   missing parents with the current time and umask; we make 0755/mtime 0);
+//! - a parent directory a layer does not list (an implicit one) gets, in the
+//!   oracle's extraction, the metadata containerd's `mkparent` gives it — the
+//!   merged directory's below, else 0755, root, mtime 0 — instead of GNU tar's
+//!   current time and umask (`oracle::fill_implicit_dirs`). Hand-written cases
+//!   declare every parent (`explicit_parents`) unless they test implicit ones;
+//!   random stacks leave one missing parent in four implicit;
 //! - no path appears twice in one generated layer;
 //! - a whiteout is only generated where its directory merges with the one below
 //!   (overlayfs lists a whiteout device in a directory it does not merge — an
@@ -34,6 +38,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use unionfs::upper::WhiteoutFormat;
 use util::oracle::*;
 use util::*;
 
@@ -117,7 +122,11 @@ fn explicit_parents(mut layers: Vec<Layer>) -> Vec<Layer> {
 }
 
 fn check(layers: Vec<Layer>) {
-    let layers = explicit_parents(layers);
+    check_as_is(explicit_parents(layers));
+}
+
+/// As [`check`], leaving the parents a layer does not list implicit.
+fn check_as_is(layers: Vec<Layer>) {
     if let Err(msg) = differential(&layers) {
         panic!("{msg}");
     }
@@ -501,6 +510,104 @@ fn opaque_marker_at_the_layer_root_is_ignored_as_by_overlayfs() {
     check(vec![l0, l1]);
 }
 
+/// A parent directory a layer does not list (`usr/lib/x` without `usr/lib`)
+/// shows the metadata of the highest merged directory below that a layer
+/// lists, as containerd extracts it (`mkparent`); with none, or where the
+/// implicit directory does not merge (a non-directory or a whiteout below it,
+/// opaque, whited out in its own layer), 0755, root, mtime 0. The root too.
+// See: src/stack/mod.rs, module docs (containerd `pkg/archive/tar.go` `mkparent`).
+#[test]
+fn implicit_parents_show_the_directory_below() {
+    let mut l0 = Layer::new();
+    l0.dir(".").mode(0o751).owner(5, 6).mtime(5, 5);
+    l0.dir("usr")
+        .mode(0o700)
+        .owner(1, 2)
+        .mtime(1_000_000_000, 5)
+        .xattr("user.usr", "0");
+    l0.dir("usr/lib")
+        .mode(0o2750)
+        .owner(3, 4)
+        .mtime(1_100_000_000, 0)
+        .xattr("user.lib", "0");
+    l0.file("usr/lib/a", "a");
+    l0.dir("mid").mode(0o711).owner(8, 9);
+    l0.file("f", "a file below");
+    l0.dir("w").mode(0o700).owner(1, 1);
+    l0.file("w/x", "");
+    l0.dir("o").mode(0o700).owner(1, 1);
+    l0.file("o/x", "");
+    l0.dir("gone").mode(0o700).owner(1, 1);
+    let mut l1 = Layer::new();
+    l1.file("usr/lib/b", "b"); // implicit over explicit (usr, usr/lib, root)
+    l1.dir("mid")
+        .mode(0o750)
+        .owner(10, 11)
+        .mtime(1_200_000_000, 7);
+    l1.file("f/x", ""); // implicit over a file
+    l1.whiteout("w");
+    l1.file("w/y", ""); // whited out in its own layer: does not merge
+    l1.opaque("o");
+    l1.file("o/y", ""); // opaque: does not merge
+    l1.whiteout("gone");
+    l1.file("new/deep/z", ""); // implicit with nothing below
+    let mut l2 = Layer::new();
+    l2.file("usr/lib/c", "c"); // implicit over implicit over explicit
+    l2.file("mid/m", ""); // the middle layer's explicit directory shows
+    l2.file("gone/g", ""); // a whiteout below: nothing to take from
+    l2.file("new/deep/zz", "");
+    l2.opaque(""); // an implicit root stays merged even when opaque
+    check_as_is(vec![l0, l1, l2]);
+}
+
+/// Copy-up of an implicit directory (on a writable mount) copies the metadata
+/// shown, as kernel overlayfs copies up the directory extracted the containerd way.
+#[test]
+fn copy_up_of_an_implicit_directory_copies_the_metadata_shown() {
+    if !oracle_available() {
+        return;
+    }
+    let mut l0 = Layer::new();
+    l0.dir("d")
+        .mode(0o710)
+        .owner(5, 6)
+        .mtime(1_000_000_000, 0)
+        .xattr("user.d", "lower");
+    let mut l1 = Layer::new();
+    l1.file("d/x", "x");
+    let layers = vec![l0, l1];
+    let p = prepare(&layers);
+    let w = p.work.path().canonicalize().unwrap();
+    for d in ["kupper", "kwork", "kmnt", "uupper"] {
+        std::fs::create_dir(w.join(d)).unwrap();
+    }
+    let ovl = Overlay::mount_rw(
+        &p.lowers,
+        &w.join("kupper"),
+        &w.join("kwork"),
+        &w.join("kmnt"),
+    );
+    let Some(m) = Mount::with_upper(&p.tars, &w.join("uupper"), WhiteoutFormat::Oci) else {
+        return;
+    };
+    for root in [&ovl.path, &m.path] {
+        std::fs::write(root.join("d/new"), "n").unwrap();
+    }
+    let meta = |upper: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let d = w.join(upper).join("d");
+        let md = std::fs::symlink_metadata(&d).unwrap();
+        let xs: Vec<_> = xattrs(&d)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(b"user."))
+            .collect();
+        (md.mode() & 0o7777, md.uid(), md.gid(), xs)
+    };
+    let want = (0o710, 5, 6, vec![(b"user.d".to_vec(), b"lower".to_vec())]);
+    assert_eq!(meta("kupper"), want, "kernel overlayfs's copy-up");
+    assert_eq!(meta("uupper"), want, "unionfs's copy-up");
+}
+
 // ---------------------------------------------------------------------------
 // (b) Random stacks
 
@@ -615,8 +722,10 @@ impl LayerGen<'_> {
         self.whiteouts.iter().any(|w| is_under(w, dir))
     }
 
-    /// Makes `dir` and its ancestors directories of this layer (explicit
-    /// entries). False if one of them is a non-directory here.
+    /// Makes `dir` and its ancestors directories of this layer: explicit
+    /// entries, but for one missing ancestor in four, left implicit (made by
+    /// extraction for the entries below it). False if one of them is a
+    /// non-directory here.
     fn ensure_dir(&mut self, dir: &[u8]) -> bool {
         if dir.is_empty() {
             return true;
@@ -636,7 +745,12 @@ impl LayerGen<'_> {
             return false;
         }
         for a in chain {
-            if !self.here.contains_key(&a) {
+            if self.here.contains_key(&a) {
+                continue;
+            }
+            if self.rng.chance(25) {
+                self.here.insert(a, V::Dir); // implicit
+            } else {
                 self.add(a, Kind::Dir);
             }
         }
@@ -750,7 +864,12 @@ impl LayerGen<'_> {
         self.layer.whiteout(&q);
         if then_replace && !self.here.contains_key(&q) {
             if self.rng.chance(50) && !self.has_whiteouts_under(&q) {
-                self.add(q.clone(), Kind::Dir);
+                if self.rng.chance(30) {
+                    // `.wh.q` and `q/name` only: an implicit `q` that hides below.
+                    self.here.insert(q.clone(), V::Dir);
+                } else {
+                    self.add(q.clone(), Kind::Dir);
+                }
                 let name = self.rng.pick(NAMES).to_vec();
                 let n = join(&q, &name);
                 self.add(n, Kind::File(b"new".to_vec()));

@@ -19,13 +19,46 @@
 //!   directory is opaque (`.wh..wh..opq`) or whited-out below, or a layer where the
 //!   name is not a directory ("a non-directory stops the merge");
 //! - whiteout and opaque markers are never listed;
-//! - the root always merges every layer (overlayfs ignores opacity on a layer root).
+//! - the root always merges every layer (overlayfs ignores opacity on a layer root);
+//! - a merged directory shows the metadata (mode, owner, times, xattrs: the whole
+//!   record) of the highest of its layer directories that its tar lists: one a
+//!   tar does not list, made for a missing parent ([`F_IMPLICIT`]: 0755, root,
+//!   mtime 0), says nothing about it. Only if every merged layer's directory is
+//!   implicit does the topmost one show.
+//!
+//! The last rule is containerd's (Docker ≥ 29, Kubernetes) and umoci's. A layer
+//! tar that lists `usr/lib/x` but not `usr/lib` says nothing about `usr/lib`;
+//! containerd's `mkparent` (`pkg/archive/tar.go`) then creates it from the
+//! same directory of the nearest parent snapshot, top first:
+//!
+//! ```text
+//! dir, err := os.Lstat(ppath)
+//! if err == nil {
+//!     if !dir.IsDir() {
+//!         // Replaced, do not copy attributes
+//!         break
+//!     }
+//!     if err := copyDirInfo(dir, path); err != nil { ... }
+//!     return copyUpXAttrs(path, ppath)
+//! }
+//! ...
+//! log.G(ctx).Debugf("parent directory %q not found: default permissions(0755) used", path)
+//! ```
+//!
+//! docker's old overlay2 driver kept the 0755 default instead, hiding the lower
+//! directory's mode. An implicit directory that does not merge — opaque, or
+//! whited out in its own layer (`.wh.d` then `d/x`) — has nothing below to take
+//! from and keeps the defaults. We look below in the merged view, as the rest
+//! of the stack does; containerd looks up the same path in each parent layer's
+//! directory on its own, so it can copy from a directory that an opaque
+//! ancestor in a layer in between hides. The entry shown is [`Merged::top`], so
+//! inode numbers, `ls`'s layer column and copy-up all follow the shown metadata.
 
 mod readdir;
 
 pub use readdir::DirEntry;
 
-use crate::tar::index::{EntryRec, LayerIndex, F_HIDES_LOWER, F_OPAQUE};
+use crate::tar::index::{EntryRec, LayerIndex, F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE};
 use crate::tar::{EntryId, TarLayer};
 
 /// A layer's position in the `--layers` list (bottom first).
@@ -44,10 +77,13 @@ pub struct LayerRef {
 /// A name resolved in the merged view (cf. the kernel's `struct ovl_entry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Merged {
-    /// The entry that is shown: the topmost layer's.
+    /// The entry that is shown (its metadata, and the inode number derived
+    /// from it): the topmost layer's, except for a directory whose topmost
+    /// entries are implicit — then the highest of `dirs` that is not (see the
+    /// module docs), or `dirs[0]` if all are.
     pub top: LayerRef,
     /// For a directory: every layer directory merged into it, top first, `top`
-    /// included. Empty for non-directories.
+    /// included (not necessarily first). Empty for non-directories.
     pub dirs: Vec<LayerRef>,
 }
 
@@ -71,6 +107,12 @@ pub struct Stack {
 /// Returns true if and only if `e` stops the merge of same-named directories below.
 fn stops_below(e: &EntryRec) -> bool {
     !e.is_dir() || e.has(F_OPAQUE) || e.has(F_HIDES_LOWER)
+}
+
+/// Returns true if and only if the directory `e` may take its metadata from a
+/// same-named directory below: the tar does not list it, and it merges.
+fn borrows_below(e: &EntryRec) -> bool {
+    e.is_dir() && e.has(F_IMPLICIT) && !stops_below(e)
 }
 
 impl Stack {
@@ -148,7 +190,20 @@ impl Stack {
                 dirs,
             };
         }
-        Merged { top: dirs[0], dirs }
+        Merged {
+            top: self.shown(&dirs),
+            dirs,
+        }
+    }
+
+    /// The directory of `dirs` (merged, top first; not empty) whose metadata
+    /// the merged directory shows: the highest one its tar lists, else the
+    /// topmost (containerd's `mkparent`, see the module docs).
+    fn shown(&self, dirs: &[LayerRef]) -> LayerRef {
+        dirs.iter()
+            .copied()
+            .find(|&d| !self.index(d).entry(d.entry).has(F_IMPLICIT))
+            .unwrap_or(dirs[0])
     }
 
     /// Looks `name` up in the merged directory `dir` (cf. `ovl_lookup_single`).
@@ -184,6 +239,11 @@ impl Stack {
                 break;
             }
         }
+        if let Some(m) = &mut out {
+            if m.is_merged_dir() {
+                m.top = self.shown(&m.dirs);
+            }
+        }
         out
     }
 
@@ -203,7 +263,21 @@ impl Stack {
     }
 
     /// The merged listing of directory `dir`, sorted by name, markers excluded.
+    /// Each entry is what [`Stack::lookup`] of its name shows (`Merged::top`),
+    /// so a listing's inode numbers are the ones `lookup` gives.
     pub fn read_dir(&self, dir: &Merged) -> Vec<DirEntry> {
-        readdir::read_dir(self, dir)
+        let mut list = readdir::read_dir(self, dir);
+        if dir.is_merged_dir() {
+            // The k-way merge yields each name's topmost entry; a subdirectory
+            // the tar does not list shows a lower layer's (rare: look it up).
+            for d in &mut list {
+                if borrows_below(self.index(d.entry).entry(d.entry.entry)) {
+                    if let Some(m) = self.lookup(dir, self.name(d.entry)) {
+                        d.entry = m.top;
+                    }
+                }
+            }
+        }
+        list
     }
 }

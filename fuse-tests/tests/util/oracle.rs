@@ -1,6 +1,7 @@
 //! The kernel-overlayfs oracle shared by the differential tests: extract layer
-//! tars as a container runtime would, convert OCI whiteouts to overlayfs's
-//! form, mount `overlay`, and dump and compare trees.
+//! tars as a container runtime would (containerd: a parent directory a tar does
+//! not list takes the metadata of the directory below it), convert OCI
+//! whiteouts to overlayfs's form, mount `overlay`, and dump and compare trees.
 //!
 //! Owns the oracle machinery only; the cases live in `differential.rs` (merge
 //! semantics) and `writes.rs` (operations through a writable mount).
@@ -111,7 +112,8 @@ impl Drop for Overlay {
     }
 }
 
-/// Extracts `tar` into `dir` with GNU tar, as a container runtime would.
+/// Extracts `tar` into `dir` with GNU tar, as a container runtime would (but
+/// for the directories the tar does not list: see [`fill_implicit_dirs`]).
 pub fn extract(tar: &Path, dir: &Path) {
     fs::create_dir(dir).unwrap();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -182,6 +184,161 @@ pub fn restore_dir_mtimes(layer: &Layer, dir: &Path) {
             set_mtime(&p, e.mtime, i64::from(e.nsec));
         }
     }
+}
+
+/// The directories a layer lists, as normalised relative paths (the layer
+/// root as the empty path).
+fn declared_dirs(layer: &Layer) -> BTreeSet<Vec<u8>> {
+    layer
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .map(|e| {
+            let comps: Vec<&[u8]> = e
+                .path
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty() && *c != b".")
+                .collect();
+            comps.join(&b'/')
+        })
+        .collect()
+}
+
+/// Every directory under `root` (itself included, as the empty path), without
+/// following symlinks.
+fn all_dirs(root: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut todo = vec![Vec::new()];
+    while let Some(rel) = todo.pop() {
+        let p = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(OsStr::from_bytes(&rel))
+        };
+        for e in fs::read_dir(&p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(join(&rel, e.file_name().as_bytes()));
+            }
+        }
+        out.push(rel);
+    }
+    out
+}
+
+/// Returns true if and only if `p` carries overlayfs's opaque xattr.
+fn is_opaque(p: &Path) -> bool {
+    lgetxattr_sized(p, b"trusted.overlay.opaque", 16).is_ok_and(|v| v == b"y")
+}
+
+/// The directories kernel overlayfs merges at `rel` over extracted, converted
+/// `layers` (top first), top first: a whiteout or any non-directory stops the
+/// merge, and so does an opaque directory (after joining it); every layer's
+/// root takes part (overlayfs ignores opacity on a layer root).
+fn merged_dirs(layers: &[&Path], rel: &[u8]) -> Vec<PathBuf> {
+    let mut cur: Vec<PathBuf> = layers.iter().map(|p| p.to_path_buf()).collect();
+    for c in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        let mut next = Vec::new();
+        for base in &cur {
+            let p = base.join(OsStr::from_bytes(c));
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if !md.is_dir() {
+                break;
+            }
+            let stop = is_opaque(&p);
+            next.push(p);
+            if stop {
+                break;
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+/// Gives every directory of the extracted layer `dir` that `layer` does not
+/// list (GNU tar made it for a missing parent, with the current time and
+/// umask) the metadata containerd's `mkparent` gives it: the mode, owner,
+/// times and xattrs (but overlayfs's own) of the directory overlayfs merges
+/// right below it in `below` (extracted layers, bottom first, themselves
+/// already filled in), else 0755, root, mtime 0. A directory that does not
+/// merge (opaque, or whited out in its layer) keeps those defaults: it is
+/// exactly what unionfs shows for an implicit directory (see
+/// `src/stack/mod.rs`).
+pub fn fill_implicit_dirs(layer: &Layer, dir: &Path, below: &[PathBuf]) {
+    let declared = declared_dirs(layer);
+    let mut stack: Vec<&Path> = vec![dir];
+    stack.extend(below.iter().rev().map(PathBuf::as_path));
+    for rel in all_dirs(dir) {
+        if declared.contains(&rel) {
+            continue;
+        }
+        let p = if rel.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(OsStr::from_bytes(&rel))
+        };
+        let src = merged_dirs(&stack, &rel).into_iter().nth(1);
+        copy_dir_info(src.as_deref(), &p);
+    }
+}
+
+/// Copies owner, mode, xattrs (not `trusted.overlay.*`) and times of the
+/// directory `src` onto the directory `dst`; with no `src`, sets root, 0755,
+/// times 0.
+fn copy_dir_info(src: Option<&Path>, dst: &Path) {
+    let (uid, gid, mode, atime, mtime) = match src {
+        Some(s) => {
+            let md = fs::symlink_metadata(s).unwrap();
+            (
+                md.uid(),
+                md.gid(),
+                md.mode() & 0o7777,
+                (md.atime(), md.atime_nsec()),
+                (md.mtime(), md.mtime_nsec()),
+            )
+        }
+        None => (0, 0, 0o755, (0, 0), (0, 0)),
+    };
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).unwrap();
+    // After the chown, which may clear set-id bits.
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode)).unwrap();
+    if let Some(s) = src {
+        for (k, v) in xattrs(s) {
+            if !k.starts_with(b"trusted.overlay.") {
+                lsetxattr(dst, &k, &v).unwrap_or_else(|e| {
+                    panic!(
+                        "lsetxattr {} {:?}: errno {e}",
+                        dst.display(),
+                        String::from_utf8_lossy(&k)
+                    )
+                });
+            }
+        }
+    }
+    let t = |(secs, nsec): (i64, i64)| libc::timespec {
+        tv_sec: secs,
+        tv_nsec: nsec,
+    };
+    let c = cpath(dst);
+    // SAFETY: valid path and two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [t(atime), t(mtime)].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "utimensat {}: {}",
+        dst.display(),
+        io::Error::last_os_error()
+    );
 }
 
 pub fn set_opaque(dir: &Path) {
@@ -481,6 +638,7 @@ pub fn prepare(layers: &[Layer]) -> Prepared {
         extract(t, &d);
         restore_dir_mtimes(&layers[i], &d);
         convert_whiteouts(&d);
+        fill_implicit_dirs(&layers[i], &d, &lowers);
         lowers.push(d);
     }
     let padded = lowers.len() == 1;
