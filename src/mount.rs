@@ -10,10 +10,12 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -66,12 +68,33 @@ pub struct MountConfig {
 /// Returns true if and only if `path` (absolute) is a mount point, according to
 /// /proc/self/mountinfo (never `stat`s it: a dead FUSE mount would hang or fail).
 pub fn is_mounted(path: &Path) -> io::Result<bool> {
+    Ok(mount_entry(path)?.is_some())
+}
+
+/// The topmost mount on a mountpoint, as /proc/self/mountinfo lists it.
+struct MountEntry {
+    /// `MAJ:MIN` of the mounted filesystem.
+    dev: String,
+    /// Filesystem type: `fuse`, `fuse.unionfs` (mounted by fusermount3), `ext4`...
+    fstype: String,
+}
+
+/// What is mounted on top at `path` (absolute): the last mountinfo line for it.
+fn mount_entry(path: &Path) -> io::Result<Option<MountEntry>> {
     let info = std::fs::read("/proc/self/mountinfo")?;
     let want = path.as_os_str().as_bytes();
-    Ok(info.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == want)
+    let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+    Ok(info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
+            return None;
+        }
+        // Optional fields end with "-"; the filesystem type follows.
+        let sep = f.iter().skip(5).position(|&x| x == b"-")? + 5;
+        Some(MountEntry {
+            dev: text(f[2]),
+            fstype: text(f.get(sep + 1)?),
+        })
     }))
 }
 
@@ -95,16 +118,57 @@ fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks the mountpoint and returns its absolute path.
-pub fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+/// `mp` made absolute as mountinfo lists it: the parent canonical, the last
+/// component not resolved (it may be a dead mount, which cannot be `stat`ed).
+fn mount_path(mp: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(mp).map_err(|e| Error::io(mp, e))?;
-    // Mountinfo lists canonical paths; canonicalising the parent is safe (it is
-    // not the possibly-dead mount itself).
-    let abs = match (abs.parent(), abs.file_name()) {
+    Ok(match (abs.parent(), abs.file_name()) {
         (Some(p), Some(n)) => p.canonicalize().map_err(|e| Error::io(p, e))?.join(n),
         _ => abs,
-    };
-    if is_mounted(&abs).map_err(|e| Error::io("/proc/self/mountinfo", e))? {
+    })
+}
+
+/// Returns true if and only if the FUSE mount at `path` has lost its server
+/// (killed, crashed): the kernel answers `ENOTCONN`. Asked from a helper thread
+/// with a deadline, because a server that is alive but stuck makes `stat` wait.
+fn is_dead_fuse(path: &Path) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_owned();
+    let asked = std::thread::Builder::new()
+        .name("stat".into())
+        .spawn(move || {
+            let errno = std::fs::symlink_metadata(&p)
+                .err()
+                .and_then(|e| e.raw_os_error());
+            let _ = tx.send(errno);
+        });
+    let Ok(helper) = asked else { return false };
+    match rx.recv_timeout(Duration::from_secs(2)) {
+        Ok(errno) => {
+            // Gone before anything forks (mount daemonizes after this check).
+            let _ = helper.join();
+            errno == Some(libc::ENOTCONN)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Checks the mountpoint and returns its absolute path.
+pub fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let abs = mount_path(mp)?;
+    let entry = mount_entry(&abs).map_err(|e| Error::io("/proc/self/mountinfo", e))?;
+    if let Some(entry) = entry {
+        let fuse = entry.fstype == "fuse"
+            || entry.fstype == "fuseblk"
+            || entry.fstype.starts_with("fuse.");
+        if fuse && is_dead_fuse(&abs) {
+            return Err(Error::Usage(format!(
+                "{0}: the FUSE mount there is dead, its server is gone (killed or crashed: \
+                 the mountpoint answers \"Transport endpoint is not connected\"); clear it \
+                 with: unionfs umount {0} (or: fusermount3 -u {0}), then mount again",
+                abs.display()
+            )));
+        }
         return Err(Error::Usage(format!(
             "{}: already a mount point (unmount it first: unionfs umount {})",
             abs.display(),
@@ -220,8 +284,12 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
         ),
         Some(dir) => {
             let rootless = !privileged();
-            let upper =
-                Upper::open(dir, cfg.work.as_deref(), cfg.whiteout_format)?.with_rootless(rootless);
+            let upper = Upper::open(dir, cfg.work.as_deref(), cfg.whiteout_format)
+                .map_err(|e| match cfg.work {
+                    None => explain_default_work(e),
+                    Some(_) => e,
+                })?
+                .with_rootless(rootless);
             if rootless {
                 log::info!(target: "unionfs", "rootless: owners, modes and devices the daemon \
                            cannot set are kept in {} xattrs", String::from_utf8_lossy(OVERRIDE_XATTR));
@@ -237,6 +305,36 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
                 RwFs::new(ov, cfg.idmap.clone()).with_passthrough(!rootless && !cfg.no_passthrough);
             serve_fs(fs, cfg, mp, ready)
         }
+    }
+}
+
+/// A default work directory (`.NAME.unionfs-work` next to the upper) that
+/// cannot be made or opened is a surprise to a user who never named one: say
+/// where it goes and that `--work` chooses another place.
+fn explain_default_work(e: Error) -> Error {
+    let Error::Io { path, source } = e else {
+        return e;
+    };
+    let is_work = path
+        .file_name()
+        .is_some_and(|n| n.as_bytes().ends_with(b".unionfs-work"));
+    let denied = matches!(
+        source.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS)
+    );
+    if !(is_work && denied) {
+        return Error::Io { path, source };
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let why = format!(
+        "{source}: the work directory goes next to the upper directory by default, and \
+         this user cannot create it in {}; give one with --work DIR (a directory this user \
+         can write, on the same filesystem as the upper, not inside it)",
+        parent.display()
+    );
+    Error::Io {
+        path,
+        source: io::Error::new(source.kind(), why),
     }
 }
 
@@ -266,16 +364,28 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
     let sigs = block_signals();
     let session = fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;
     log::info!(target: "unionfs", "mounted on {}", mp.display());
+    let ours = mount_device(mp);
     raise_readahead(mp);
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
         drop(pipe);
         detach_stdio(cfg.log_file.as_deref());
     }
+    // Unmounting is ours alone (signals below, `unionfs umount`, fusermount3 -u
+    // from outside), so fuser's handle on the mount is never dropped: fuser 0.18
+    // unmounts the path again when its session ends, because its "still
+    // mounted?" check is inverted (it takes the dead connection's POLLERR for
+    // "mounted"; fixed upstream by cberner/fuser#703). After a clean unmount that
+    // logged "Failed to umount filesystem: Invalid argument", and had something
+    // new been mounted on the path meanwhile, it would have unmounted that. The
+    // handle holds a /dev/fuse fd and a path until the process exits. (Its
+    // thread handle is swapped for a finished one, to be joined below.)
+    let mut session = ManuallyDrop::new(session.spawn().map_err(|e| Error::io(mp, e))?);
+    let loops = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
     let worker = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
-            let r = session.run();
+            let r = loops.join();
             // Wake the signal loop: the session ended (unmounted from outside).
             unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
             r
@@ -293,15 +403,25 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
         // mount on its first try, so after an EBUSY no later signal could
         // unmount. A busy mount keeps being served; the next signal tries again.
         if let Err(e) = unmount(mp, false) {
-            log::error!(target: "unionfs", "{e} (still in use? close what uses it and \
-                        signal again, or unmount lazily: umount -l {})", mp.display());
+            log::error!(target: "unionfs", "{e}; still served: signal again to retry");
         }
     }
-    match worker.join() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::io(mp, e)),
-        Err(_) => Err(Error::Usage("the FUSE session thread panicked".into())),
+    let ended = match worker.join() {
+        Ok(Ok(Ok(()))) => return Ok(()),
+        Ok(Ok(Err(e))) => Err(Error::io(mp, e)),
+        Ok(Err(_)) | Err(_) => Err(Error::Usage("the FUSE session thread panicked".into())),
+    };
+    // A session that ends cleanly ended because the kernel closed the
+    // connection: the mount is gone, and whatever is on the path now is
+    // someone else's. One that failed leaves our mount there with nobody to
+    // serve it: detach it (if it is still ours), as fuser did.
+    if ours.is_some() && mount_device(mp) == ours {
+        log::warn!(target: "unionfs", "the FUSE session failed; unmounting {} lazily", mp.display());
+        if let Err(e) = unmount(mp, true) {
+            log::error!(target: "unionfs", "{e}");
+        }
     }
+    ended
 }
 
 /// Readahead for the mount, in KiB (the kernel's FUSE default is 128).
@@ -321,13 +441,7 @@ fn raise_readahead(mp: &Path) {
 
 /// The `MAJ:MIN` of the filesystem mounted at `mp`, from /proc/self/mountinfo.
 fn mount_device(mp: &Path) -> Option<String> {
-    let info = std::fs::read("/proc/self/mountinfo").ok()?;
-    let want = mp.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n').rev().find_map(|line| {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        (f.len() > 4 && unescape_mountinfo(f[4]) == want)
-            .then(|| String::from_utf8_lossy(f[2]).into_owned())
-    })
+    mount_entry(mp).ok().flatten().map(|m| m.dev)
 }
 
 /// Blocks the signals the main thread waits for, in this thread and (by
@@ -412,9 +526,11 @@ fn detach_stdio(log: Option<&Path>) {
     let _ = std::env::set_current_dir("/");
 }
 
-/// Unmounts `mp`: `umount2` when permitted (root), else `fusermount3 -u`.
+/// Unmounts `mp`: `umount2` when permitted (root), else `fusermount3 -u`. Works
+/// on a dead mount (its server gone) too; a busy one is refused, with the hint
+/// that `-z` (`lazy`) detaches it now.
 pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
-    let abs = std::path::absolute(mp).map_err(|e| Error::io(mp, e))?;
+    let abs = mount_path(mp)?;
     if !is_mounted(&abs).map_err(|e| Error::io("/proc/self/mountinfo", e))? {
         return Err(Error::Usage(format!("{}: not mounted", abs.display())));
     }
@@ -427,9 +543,13 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::EPERM) {
+        let busy = err.raw_os_error() == Some(libc::EBUSY);
         return Err(Error::Io {
+            source: io::Error::new(
+                err.kind(),
+                format!("unmount failed: {err}{}", busy_hint(&abs, busy)),
+            ),
             path: abs,
-            source: io::Error::new(err.kind(), format!("unmount failed: {err}")),
         });
     }
     let mut args: Vec<OsString> = vec!["-u".into()];
@@ -437,16 +557,33 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
         args.push("-z".into());
     }
     args.push(abs.clone().into());
-    let st = std::process::Command::new("fusermount3")
+    let out = std::process::Command::new("fusermount3")
         .args(&args)
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .map_err(|e| Error::io("fusermount3", e))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "{}: fusermount3 -u failed ({st})",
-            abs.display()
-        )))
+    if out.status.success() {
+        return Ok(());
     }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said = said.trim();
+    let busy = said.contains("busy");
+    Err(Error::Usage(format!(
+        "{}: fusermount3 -u failed ({}): {said}{}",
+        abs.display(),
+        out.status,
+        busy_hint(&abs, busy)
+    )))
+}
+
+/// For a busy mount: what uses it, and how to detach it anyway.
+fn busy_hint(mp: &Path, busy: bool) -> String {
+    if !busy {
+        return String::new();
+    }
+    format!(
+        " (in use: open files or a working directory inside it; close them and retry, \
+         or detach it now, to be cleaned up once unused: unionfs umount -z {})",
+        mp.display()
+    )
 }

@@ -132,10 +132,10 @@ fn bad_checksum_in_the_middle_names_that_entry() {
 fn compressed_layers_say_how_to_decompress() {
     let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
     gz.resize(600, 0);
-    assert_not_tar(&gz, &["gzip", "gunzip -k", "layer.tar"]);
+    assert_not_tar(&gz, &["gzip", "gzip -dc", "layer.tar"]);
     let mut zst = vec![0x28, 0xb5, 0x2f, 0xfd, 0x24, 0x00];
     zst.resize(600, 0);
-    assert_not_tar(&zst, &["zstd", "zstd -d", "layer.tar"]);
+    assert_not_tar(&zst, &["zstd", "zstd -dc", "layer.tar"]);
     assert_not_tar(b"BZh91AY&SY", &["bzip2"]);
     assert_not_tar(b"\xfd7zXZ\0\0\0", &["xz"]);
 }
@@ -212,12 +212,11 @@ fn malformed_pax_records() {
 
 #[test]
 fn bad_pax_values_that_move_data_or_names_name_the_record() {
-    // (A bad mtime/uid/gid only loses that value: tests/index.rs.)
+    // (A bad mtime/uid/gid only loses that value, and a NUL ends a path as in
+    // GNU tar: tests/index.rs.)
     let cases: &[(&str, &[u8], &str)] = &[
         ("size", b"", "PAX record size: bad decimal"),
         ("size", b"-5", "bad decimal"),
-        ("path", b"a\0b", "PAX record path: contains a NUL"),
-        ("linkpath", b"\0", "NUL"),
         ("SCHILY.xattr.", b"v", "bad xattr name"),
         ("GNU.sparse.map", b"1,2,3", "odd number"),
         ("GNU.sparse.major", b"one", "bad decimal"),

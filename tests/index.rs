@@ -290,8 +290,12 @@ fn malformed_pax_time_or_owner_keeps_the_header_value_with_a_warning() {
         ("uid", &b"-1"[..]),
         ("uid", b"4294967296"),
         ("gid", b"12a"),
-        ("mtime", b"1.2.3"),
+        ("mtime", b"abc"),
+        ("mtime", b"+5"),
+        ("mtime", b"-"),
+        ("mtime", b""),
         ("mtime", b"99999999999999999999"),
+        ("mtime", b"-9223372036854775809"),
     ] {
         let mut t = Tar::new();
         t.pax(&[(k, v)])
@@ -304,6 +308,128 @@ fn malformed_pax_time_or_owner_keeps_the_header_value_with_a_warning() {
         let w = &idx.warnings[0];
         assert!(w.contains("offset 0") && w.contains(k), "{w}");
     }
+}
+
+/// A PAX time is read as GNU tar reads it (`decode_timespec`: strtoumax, then
+/// an optional fraction): the leading number counts and what follows it is
+/// ignored, so `999xxx9324.43` is 999 s (Go's `pax-bad-mtime-file.tar`);
+/// a negative time with more than 9 fraction digits is rounded toward minus
+/// infinity. Only junk after the number warns.
+#[test]
+fn pax_mtime_is_read_as_gnu_tar_reads_it() {
+    let cases: &[(&[u8], (i64, u32), bool)] = &[
+        (b"999xxx9324.432432444444", (999, 0), true),
+        (b"1.5x", (1, 500_000_000), true),
+        (b"12 ", (12, 0), true),
+        (b"0x10", (0, 0), true),
+        (b"-5x", (-5, 0), true),
+        (b"1.2.3", (1, 200_000_000), true),
+        (b"9\0junk", (9, 0), true),
+        (b"7.", (7, 0), false),
+        (b"-0.5", (-1, 500_000_000), false),
+        (b"8.1234567891", (8, 123_456_789), false),
+        (b"-8.1234567890", (-9, 876_543_211), false),
+        (b"-8.1234567891", (-9, 876_543_210), false),
+        (b"-1.10000000000001", (-2, 899_999_999), false),
+        (b"9223372036854775807", (i64::MAX, 0), false),
+    ];
+    for &(v, want, warns) in cases {
+        let mut t = Tar::new();
+        t.pax(&[("mtime", v)])
+            .entry(Hdr::ustar("f", b'0', 0).mtime(9), b"");
+        let idx = index_tar(&t.finish());
+        let e = rec(&idx, "f");
+        let shown = String::from_utf8_lossy(v);
+        assert_eq!((e.mtime, e.mtime_nsec), want, "mtime={shown:?}");
+        assert_eq!(
+            idx.warnings.len(),
+            usize::from(warns),
+            "mtime={shown:?}: {:?}",
+            idx.warnings
+        );
+        if warns {
+            let w = &idx.warnings[0];
+            assert!(
+                w.contains("offset 0") && w.contains("mtime") && w.contains("GNU tar"),
+                "{w}"
+            );
+        }
+    }
+}
+
+/// A NUL byte in a PAX path or link target ends it, as GNU tar reads the value
+/// as a C string (Go's `pax-nul-path.tar`), with a warning; a name that is
+/// empty then names the layer root, as GNU tar's "Substituting `.' for empty
+/// member name" does, and a file there is dropped.
+#[test]
+fn pax_path_and_linkpath_end_at_a_nul() {
+    let mut t = Tar::new();
+    t.pax(&[("path", b"dir/x\0abc")])
+        .file("fallback", b"x")
+        .pax(&[("linkpath", b"tgt\0zz")])
+        .entry(Hdr::ustar("sl", b'2', 0).link("orig"), b"")
+        .pax(&[("linkpath", b"dir/x\0b")])
+        .entry(Hdr::ustar("hl", b'1', 0).link("zz"), b"")
+        .pax(&[("path", b"\0abc")])
+        .file("gone", b"");
+    let idx = index_tar(&t.finish());
+    assert_eq!(
+        listing(&idx),
+        ["dir/", "dir/x =1", "hl =1 ~link", "sl -> tgt"]
+    );
+    assert_eq!(idx.dropped, 1, "{:?}", idx.warnings);
+    let nul: Vec<&String> = idx.warnings.iter().filter(|w| w.contains("NUL")).collect();
+    assert_eq!(nul.len(), 4, "{:?}", idx.warnings);
+    assert!(
+        nul[0].contains("offset 0") && nul[0].contains("path"),
+        "{}",
+        nul[0]
+    );
+    assert!(
+        idx.warnings
+            .iter()
+            .any(|w| w.contains("names the layer root")),
+        "{:?}",
+        idx.warnings
+    );
+}
+
+/// uid/gid 4294967295 is `(uid_t)-1`, which chown(2) takes as "leave
+/// unchanged": GNU tar extracting as root (and docker's layer extraction)
+/// leaves such a file owned by root. The index records 0 and warns
+/// (CPython's `testtar.tar`, member `gnu/regtype-gnu-uid`).
+#[test]
+fn uid_or_gid_minus_one_is_the_extracting_root() {
+    const MINUS_ONE: i64 = 4_294_967_295;
+    let mut t = Tar::new();
+    t.entry(
+        Hdr::gnu("both", b'0', 0)
+            .base256(field::UID, MINUS_ONE)
+            .base256(field::GID, MINUS_ONE),
+        b"",
+    )
+    .entry(
+        Hdr::gnu("gid-only", b'0', 0)
+            .uid(7)
+            .base256(field::GID, MINUS_ONE),
+        b"",
+    )
+    .pax(&[("uid", b"4294967295"), ("gid", b"8")])
+    .file("pax-uid", b"")
+    .pax(&[("uid", b"4294967294")])
+    .file("just-below", b"");
+    let idx = index_tar(&t.finish());
+    let ids = |p: &str| (rec(&idx, p).uid, rec(&idx, p).gid);
+    assert_eq!(ids("both"), (0, 0));
+    assert_eq!(ids("gid-only"), (7, 0));
+    assert_eq!(ids("pax-uid"), (0, 8));
+    assert_eq!(ids("just-below"), (4_294_967_294, 0));
+    assert_eq!(idx.warnings.len(), 3, "{:?}", idx.warnings);
+    assert!(
+        idx.warnings.iter().all(|w| w.contains("4294967295")),
+        "{:?}",
+        idx.warnings
+    );
 }
 
 #[test]

@@ -94,7 +94,7 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
 }
 
-/// A scratch dir the user owns: the sample image, `upper`, `mnt`, `cache`.
+/// A scratch dir the user owns: the sample image, `upper`, `work`, `mnt`, `cache`.
 struct Scratch {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -122,7 +122,7 @@ fn scratch() -> Scratch {
         .output()
         .expect("tools/sample-image (needs python3)");
     assert!(out.status.success(), "{}", text(&out));
-    for d in ["upper", "mnt", "cache"] {
+    for d in ["upper", "work", "mnt", "cache"] {
         std::fs::create_dir(root.join(d)).unwrap();
     }
     std::fs::copy(BIN, root.join("unionfs")).expect("copy the binary");
@@ -315,4 +315,87 @@ fn a_mountpoint_the_user_cannot_write_is_a_clear_error() {
         "{err}"
     );
     assert!(!is_mounted(&root_owned));
+}
+
+/// The default work directory goes next to the upper: where the user cannot
+/// write the upper's parent, the error says so and names `--work`; with a
+/// `--work` the user can write, on the same filesystem, the mount works.
+#[test]
+fn an_upper_whose_parent_the_user_cannot_write_names_work() {
+    let s = scratch();
+    let (_, uid, gid) = user();
+    let locked = s.root.join("locked"); // root's, 0755
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::create_dir(locked.join("upper")).unwrap();
+    std::os::unix::fs::chown(locked.join("upper"), Some(uid), Some(gid)).unwrap();
+    let mount = |work: &str| {
+        as_user(
+            &format!(
+                "$B mount --cache-dir \"$R/cache\" --layers \"$L\" --upper \"$R/locked/upper\" \
+                 {work} \"$R/mnt\""
+            ),
+            &[("R", &s.root), ("L", Path::new(&s.layers))],
+        )
+    };
+    let o = mount("");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        ".upper.unionfs-work",
+        "Permission denied",
+        "next to the upper",
+        "--work DIR",
+        "same filesystem",
+    ] {
+        assert!(err.contains(want), "want {want:?} in: {err}");
+    }
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!is_mounted(&s.root.join("mnt")));
+    let o = mount("--work \"$R/work\"");
+    assert!(o.status.success(), "{}", text(&o));
+    unmount_as_user(&s);
+}
+
+/// `kill -9` of the user's server: the user's new mount says the server is
+/// gone and how to clear it, and the user's `unionfs umount` (through
+/// fusermount3) clears the dead mount. A busy mount's unmount error names `-z`,
+/// and `-z` detaches it.
+#[test]
+fn the_user_clears_a_dead_mount_and_is_told_about_busy_ones() {
+    let s = scratch();
+    let o = as_user(
+        "$B mount -f --cache-dir \"$R/cache\" --layers \"$L\" \"$R/mnt\" 2>/dev/null & pid=$!; \
+         i=0; until grep -q \" $R/mnt \" /proc/self/mountinfo; do \
+           sleep 0.05; i=$((i+1)); [ $i -lt 400 ] || exit 9; done; \
+         kill -9 $pid; wait $pid; \
+         $B mount --cache-dir \"$R/cache\" --layers \"$L\" \"$R/mnt\"; echo \"remount=$?\"; \
+         $B umount \"$R/mnt\"; echo \"umount=$?\"",
+        &[("R", &s.root), ("L", Path::new(&s.layers))],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(out, "remount=1\numount=0\n", "{}", text(&o));
+    assert!(
+        err.contains("server is gone") && err.contains("fusermount3 -u"),
+        "{err}"
+    );
+    assert!(!is_mounted(&s.root.join("mnt")));
+    let o = as_user(
+        "$B mount --cache-dir \"$R/cache\" --layers \"$L\" \"$R/mnt\" || exit 1; \
+         cd \"$R/mnt/etc\" && $B umount \"$R/mnt\"; echo \"busy=$?\"; \
+         $B umount -z \"$R/mnt\"; echo \"lazy=$?\"",
+        &[("R", &s.root), ("L", Path::new(&s.layers))],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "busy=1\nlazy=0\n",
+        "{}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("busy") && err.contains("unionfs umount -z"),
+        "{err}"
+    );
+    assert!(!is_mounted(&s.root.join("mnt")));
 }

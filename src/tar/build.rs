@@ -41,6 +41,9 @@ impl Node {
 
 type Hasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
+/// `(uid_t)-1` / `(gid_t)-1`: the id chown(2) leaves unchanged.
+const UNCHANGED_ID: u32 = u32::MAX;
+
 /// Builds a [`LayerIndex`] from entries in archive order.
 pub struct Builder {
     nodes: Vec<Node>,
@@ -178,9 +181,32 @@ impl Builder {
         id
     }
 
+    /// The owner `raw` gets when extracted. uid or gid 4294967295 is
+    /// `(uid_t)-1`, which chown(2) takes as "leave this id unchanged": GNU tar
+    /// extracting as root (and docker's layer extraction) leaves such a file
+    /// with root's 0, so the index records 0, with a warning.
+    fn owner(&mut self, raw: &RawEntry) -> (u32, u32) {
+        let which = match (raw.uid == UNCHANGED_ID, raw.gid == UNCHANGED_ID) {
+            (false, false) => return (raw.uid, raw.gid),
+            (true, true) => "uid and gid",
+            (true, false) => "uid",
+            (false, true) => "gid",
+        };
+        let msg = format!(
+            "offset {}: {:?}: {which} {UNCHANGED_ID} is (uid_t)-1, which chown leaves \
+             unchanged; 0 is used, as GNU tar extracts it as root",
+            raw.offset,
+            String::from_utf8_lossy(&raw.path)
+        );
+        self.note(msg);
+        let fix = |id| if id == UNCHANGED_ID { 0 } else { id };
+        (fix(raw.uid), fix(raw.gid))
+    }
+
     /// Encodes `raw`'s metadata and extra data into a record (no name yet).
     fn record(&mut self, raw: &RawEntry) -> EntryRec {
         let kind = raw.kind.unwrap_or(Kind::File);
+        let (uid, gid) = self.owner(raw);
         let mut rec = EntryRec {
             size: if kind == Kind::File { raw.size } else { 0 },
             data_off: if kind == Kind::File { raw.data_off } else { 0 },
@@ -191,8 +217,8 @@ impl Builder {
                 Kind::Symlink => libc::S_IFLNK | 0o777,
                 _ => mode_bits(kind) | (raw.mode & 0o7777),
             } as u16,
-            uid: raw.uid,
-            gid: raw.gid,
+            uid,
+            gid,
             link: NONE,
             count: 0,
             extra: NONE,

@@ -271,34 +271,57 @@ pub fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
     Ok(out)
 }
 
-/// Parses a PAX time value `[-]SECONDS[.FRACTION]` into (seconds, nanoseconds ≥ 0).
-pub fn parse_pax_time(v: &[u8]) -> Result<(i64, u32), String> {
-    let s = std::str::from_utf8(v).map_err(|_| format!("bad time {:?}", show(v)))?;
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int, frac) = match s.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (s, ""),
-    };
-    let ok_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || !ok_digits(int) || !ok_digits(frac) {
-        return Err(format!("bad time {:?}", show(v)));
+/// Parses a PAX time value `[-]SECONDS[.FRACTION]` into (seconds, nanoseconds ≥ 0)
+/// as GNU tar does (`decode_timespec`: `strtoumax`, then an optional fraction):
+/// the leading number counts and whatever follows it is returned unparsed, like
+/// `strtol`'s end pointer, for the caller to warn about (`999xxx9324.43` is 999 s).
+/// Fraction digits past the ninth only matter for a negative time, which is
+/// rounded toward minus infinity (`-1.10000000000001` is -2 s + 899999999 ns).
+/// An error only for a value that does not start with a number, or one
+/// outside `i64`.
+pub fn parse_pax_time(v: &[u8]) -> Result<(i64, u32, &[u8]), String> {
+    let bad = || format!("bad time {:?}", show(v));
+    let neg = v.first() == Some(&b'-');
+    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let s = &v[usize::from(neg)..];
+    let n = digits(s);
+    if n == 0 {
+        return Err(bad());
     }
-    let secs: i64 = int.parse().map_err(|_| format!("time {s:?} overflows"))?;
-    let mut nanos: u32 = 0;
-    for (i, b) in frac.bytes().take(9).enumerate() {
-        nanos += u32::from(b - b'0') * 10u32.pow(8 - i as u32);
-    }
-    if !neg {
-        return Ok((secs, nanos));
-    }
-    if nanos == 0 {
-        Ok((-secs, 0))
+    let int = std::str::from_utf8(&s[..n]).map_err(|_| bad())?;
+    // Parsed with its sign so that i64::MIN itself is in range.
+    let signed = if neg {
+        format!("-{int}")
     } else {
-        Ok((-secs - 1, 1_000_000_000 - nanos))
+        int.to_owned()
+    };
+    let mut secs: i64 = signed
+        .parse()
+        .map_err(|_| format!("time {:?} overflows", show(v)))?;
+    let mut rest = &s[n..];
+    let mut nanos: u32 = 0;
+    let mut trailing_nonzero = false;
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let f = digits(frac);
+        for (i, &b) in frac[..f].iter().enumerate() {
+            if i < 9 {
+                nanos += u32::from(b - b'0') * 10u32.pow(8 - i as u32);
+            } else {
+                trailing_nonzero |= b != b'0';
+            }
+        }
+        rest = &frac[f..];
     }
+    if neg {
+        nanos += u32::from(trailing_nonzero);
+        if nanos != 0 {
+            secs = secs
+                .checked_sub(1)
+                .ok_or_else(|| format!("time {:?} overflows", show(v)))?;
+            nanos = 1_000_000_000 - nanos;
+        }
+    }
+    Ok((secs, nanos, rest))
 }
 
 /// Parses a decimal PAX number field (uid, gid, size, ...).
@@ -352,11 +375,36 @@ mod tests {
 
     #[test]
     fn pax_times() {
-        assert_eq!(parse_pax_time(b"1.5"), Ok((1, 500_000_000)));
-        assert_eq!(parse_pax_time(b"-1.5"), Ok((-2, 500_000_000)));
-        assert_eq!(parse_pax_time(b"-3"), Ok((-3, 0)));
-        assert_eq!(parse_pax_time(b"12.0000000019"), Ok((12, 1)));
-        assert!(parse_pax_time(b"1.2.3").is_err());
-        assert!(parse_pax_time(b"").is_err());
+        let none: &[u8] = b"";
+        assert_eq!(parse_pax_time(b"1.5"), Ok((1, 500_000_000, none)));
+        assert_eq!(parse_pax_time(b"-1.5"), Ok((-2, 500_000_000, none)));
+        assert_eq!(parse_pax_time(b"-3"), Ok((-3, 0, none)));
+        assert_eq!(parse_pax_time(b"12.0000000019"), Ok((12, 1, none)));
+        assert_eq!(
+            parse_pax_time(b"-0.0000000001"),
+            Ok((-1, 999_999_999, none))
+        );
+        assert_eq!(
+            parse_pax_time(b"-9223372036854775808"),
+            Ok((i64::MIN, 0, none))
+        );
+        // GNU tar's strtoumax: the leading number, the rest handed back.
+        assert_eq!(parse_pax_time(b"1.2.3"), Ok((1, 200_000_000, &b".3"[..])));
+        assert_eq!(
+            parse_pax_time(b"999xxx9324.4"),
+            Ok((999, 0, &b"xxx9324.4"[..]))
+        );
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+5",
+            b" 5",
+            b"x",
+            b".5",
+            b"99999999999999999999",
+        ] {
+            assert!(parse_pax_time(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_pax_time(b"-9223372036854775808.5").is_err());
     }
 }

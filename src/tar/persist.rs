@@ -35,7 +35,7 @@ use super::scan::Member;
 const MAGIC: [u8; 8] = *b"UFSINDX\0";
 /// Bump whenever the layout or the indexing rules (scan.rs, index.rs) change:
 /// a stored index built by other rules must never be served.
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 const BOM: u32 = 0x0102_0304;
 
 /// What makes a tar file "the same file" for the cache.

@@ -10,6 +10,11 @@
 //! (`x`) and global (`g`) headers incl. `SCHILY.xattr.*` and GNU sparse 0.0/0.1/1.0,
 //! and pre-POSIX v7. Like GNU tar, the archive ends at the first zero block; an
 //! archive that simply stops after a complete member is accepted too.
+//!
+//! PAX values are read as GNU tar reads them, so that a layer shows what its
+//! extraction shows: a NUL ends a `path` or `linkpath` (a C string there), a
+//! time's leading number counts and junk after it is ignored (both with a
+//! warning); a time or owner that is no number at all keeps the header's value.
 
 use std::fs::File;
 use std::io;
@@ -440,23 +445,31 @@ fn entry<R: ReadAt + ?Sized>(
     let mut size = hsize;
     let mut sparse = SparseInfo::default();
     for (k, v) in global.iter().chain(p.pax.iter()) {
-        if let Err(m) = apply_pax(&mut e, &mut size, &mut sparse, k, v) {
-            let at = p.first_off.unwrap_or(off);
-            let msg = format!("PAX record {}: {m}", header::show(k));
+        let at = p.first_off.unwrap_or(off);
+        match apply_pax(&mut e, &mut size, &mut sparse, k, v) {
+            Ok(None) => {}
+            Ok(Some(note)) => warn(
+                out,
+                format!("offset {at}: PAX record {}: {note}", header::show(k)),
+            ),
             // A bad time or owner only loses that value (GNU tar warns and keeps
             // the ustar header's); anything that changes where data or names
             // are (path, size, sparse maps) refuses the layer.
-            if matches!(
-                k.as_slice(),
-                b"mtime" | b"uid" | b"gid" | b"SCHILY.devmajor" | b"SCHILY.devminor"
-            ) {
+            Err(m)
+                if matches!(
+                    k.as_slice(),
+                    b"mtime" | b"uid" | b"gid" | b"SCHILY.devmajor" | b"SCHILY.devminor"
+                ) =>
+            {
                 warn(
                     out,
-                    format!("offset {at}: {msg}; the header's value is used"),
+                    format!(
+                        "offset {at}: PAX record {}: {m}; the header's value is used",
+                        header::show(k)
+                    ),
                 );
-                continue;
             }
-            return corrupt(at, msg);
+            Err(m) => return corrupt(at, format!("PAX record {}: {m}", header::show(k))),
         }
     }
     let mut data_off = off + BLOCK;
@@ -630,26 +643,37 @@ fn validate_sparse(map: &[(u64, u64)], real: i64, data: u64) -> Result<u64, Stri
     Ok(real)
 }
 
+/// Applies one PAX record to the entry. `Ok(Some(note))`: applied, but read
+/// leniently as GNU tar reads it (the note says how, for a warning); `Err`: the
+/// value is unusable.
 fn apply_pax(
     e: &mut RawEntry,
     size: &mut u64,
     sp: &mut SparseInfo,
     k: &[u8],
     v: &[u8],
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let dec = header::parse_pax_decimal;
     match k {
-        b"path" => e.path = no_nul(v)?,
-        b"linkpath" => e.link = no_nul(v)?,
+        b"path" | b"GNU.sparse.name" => return Ok(c_string(v, &mut e.path)),
+        b"linkpath" => return Ok(c_string(v, &mut e.link)),
         b"size" => *size = u64::try_from(dec(v)?).map_err(|_| "negative size")?,
         b"uid" => e.uid = u32::try_from(dec(v)?).map_err(|_| "uid out of range")?,
         b"gid" => e.gid = u32::try_from(dec(v)?).map_err(|_| "gid out of range")?,
-        b"mtime" => (e.mtime, e.mtime_nsec) = header::parse_pax_time(v)?,
+        b"mtime" => {
+            let (secs, nanos, rest) = header::parse_pax_time(v)?;
+            (e.mtime, e.mtime_nsec) = (secs, nanos);
+            if !rest.is_empty() {
+                return Ok(Some(format!(
+                    "{:?} has junk after the number; {secs} s is used, as GNU tar reads it",
+                    header::show(v)
+                )));
+            }
+        }
         b"SCHILY.devmajor" => e.rdev.0 = u32::try_from(dec(v)?).map_err(|_| "out of range")?,
         b"SCHILY.devminor" => e.rdev.1 = u32::try_from(dec(v)?).map_err(|_| "out of range")?,
         b"GNU.sparse.major" => sp.major = Some(dec(v)?),
         b"GNU.sparse.minor" => sp.minor = Some(dec(v)?),
-        b"GNU.sparse.name" => e.path = no_nul(v)?,
         b"GNU.sparse.realsize" | b"GNU.sparse.size" => sp.real = Some(dec(v)?),
         b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => sp.pairs.push(dec(v)?),
         b"GNU.sparse.map" => {
@@ -675,15 +699,20 @@ fn apply_pax(
             // records) do not change what is served.
         }
     }
-    Ok(())
+    Ok(None)
 }
 
-fn no_nul(v: &[u8]) -> Result<Vec<u8>, String> {
-    if v.contains(&0) {
-        Err("contains a NUL byte".into())
-    } else {
-        Ok(v.to_vec())
-    }
+/// Sets a name from a PAX value the way GNU tar does (`decode_string` takes the
+/// value as a C string): a NUL ends it. Returns the note for a warning if one did.
+fn c_string(v: &[u8], to: &mut Vec<u8>) -> Option<String> {
+    let cut = header::cstr(v);
+    *to = cut.to_vec();
+    (cut.len() < v.len()).then(|| {
+        format!(
+            "contains a NUL byte; the name ends there ({:?}), as GNU tar reads it",
+            header::show(cut)
+        )
+    })
 }
 
 fn warn(out: &mut Scan, msg: String) {
