@@ -285,8 +285,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logger(verbose: u8) {
-    // fuser warns when its own unmount finds the mount already gone (after
-    // `fusermount3 -u` or `unionfs umount`): expected, so only its errors show.
+    // fuser's own warnings (a request it answers by default, an unmount it
+    // would retry) are noise to a user: only its errors show unless -v.
     let level = match verbose {
         0 => "warn,fuser=error",
         1 => "info,fuser=warn",

@@ -325,6 +325,20 @@ impl Filesystem for UnionFs {
         refuse_ioctl(reply)
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written: a close has nothing to flush. ENOSYS makes
+        // the kernel stop sending FLUSH (fuser's default says the same, with a
+        // "not implemented" warning at every first close).
+        reply.error(Errno::ENOSYS)
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         log::trace!(target: "unionfs::fuse", "opendir({})", ino.0);
         // As for open: no per-handle state; the kernel then also caches listings
