@@ -1,0 +1,1241 @@
+//! `unionfs --image`: one small multi-layer image, built with umoci by
+//! `tools/image-fixtures`, in every container-image form (OCI layout, OCI
+//! archive, skopeo's docker-archive, Docker 20.10's `docker save`, Docker 25's
+//! save, a containerd-store export, a two-image `docker save`), mounted by the
+//! `unionfs` binary and compared with the tree `umoci unpack` extracts from
+//! the same image: names, types, permission bits, owners, sizes, contents,
+//! symlink targets, devices, xattrs, file mtimes and hard-link groups. `unionfs
+//! ls --image` must list the same. Then image selection by REF and
+//! `--platform`, and the broken inputs of `bad/`, each refused with one line
+//! naming the archive and the problem, nothing mounted.
+//!
+//! Needs root, FUSE, and umoci, skopeo, docker.io (dockerd) and tar for the
+//! fixtures, which are built once into /var/tmp/unionfs-image-fixtures/KEY
+//! (KEY: a hash of the script, so a changed script rebuilds them). Nothing
+//! here skips: a missing tool, binary or feature fails the tests loudly.
+//!
+//! The binary: `$UNIONFS_BIN` if set, else `cargo build -p unionfs --bin
+//! unionfs` into this test's own target directory (cargo does not hold its
+//! build lock while tests run).
+//!
+//! Not compared, and why: directory sizes and link counts (a merged directory
+//! reports st_nlink 1, as overlayfs does; ext4 sizes are block counts) and
+//! directory mtimes (umoci gives implicit parents the extraction time, unionfs
+//! gives them 0, and extracting a child bumps a directory's mtime on disk).
+
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use util::{force_unmount, is_mounted, xattrs};
+
+/// Where the fixtures are cached (one subdirectory per script hash).
+const FIXTURE_ROOT: &str = "/var/tmp/unionfs-image-fixtures";
+/// Longest any one `unionfs` command may take.
+const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------
+// Fixtures and the binary
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("fuse-tests has a parent")
+        .to_path_buf()
+}
+
+/// The fixture directory, built (or checked: the script is idempotent) once
+/// per test process, under an flock so that test processes do not race.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        assert_eq!(
+            // SAFETY: trivial getter.
+            unsafe { libc::geteuid() },
+            0,
+            "the image tests need root (umoci keeps owners and devices; dockerd; mounts)"
+        );
+        let script = repo_root().join("tools/image-fixtures");
+        let bytes = fs::read(&script).unwrap_or_else(|e| panic!("read {}: {e}", script.display()));
+        let key = format!("{:x}", Sha256::digest(&bytes));
+        let root = Path::new(FIXTURE_ROOT);
+        fs::create_dir_all(root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+        let lock = fs::File::create(root.join(".lock")).expect("create the fixture lock");
+        // SAFETY: a valid fd, held until `lock` drops at the end of this closure.
+        let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        assert_eq!(r, 0, "flock {}/.lock", root.display());
+        let dir = root.join(&key[..16]);
+        // Fixtures of older versions of the script.
+        for e in fs::read_dir(root).unwrap().flatten() {
+            let n = e.file_name();
+            if n != OsStr::new(&key[..16]) && n != ".lock" && e.path().is_dir() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        let t = Instant::now();
+        let out = Command::new(&script)
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} {} failed ({}):\n{}{}",
+            script.display(),
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "image fixtures: {} ({:.1} s)",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        dir
+    })
+}
+
+/// A fixture path (`rel` relative to the fixture dir), as a string.
+fn fx(rel: &str) -> String {
+    fixtures().join(rel).display().to_string()
+}
+
+/// `image.json`: the digests and names of what the script built.
+fn meta() -> &'static Value {
+    static META: OnceLock<Value> = OnceLock::new();
+    META.get_or_init(|| {
+        let p = fixtures().join("image.json");
+        serde_json::from_slice(&fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .expect("image.json is JSON")
+    })
+}
+
+fn meta_str(path: &[&str]) -> String {
+    let mut v = meta();
+    for k in path {
+        v = &v[*k];
+    }
+    v.as_str()
+        .unwrap_or_else(|| panic!("image.json: no string at {path:?}"))
+        .to_owned()
+}
+
+/// The `unionfs` binary, freshly built, with `--image`.
+fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = if let Some(b) = std::env::var_os("UNIONFS_BIN") {
+            PathBuf::from(b)
+        } else {
+            // target/<profile>/deps/image-HASH -> target/<profile>/unionfs
+            let exe = std::env::current_exe().expect("current_exe");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test binary in target/<profile>/deps");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "unionfs", "--bin", "unionfs"])
+                .arg("--manifest-path")
+                .arg(repo_root().join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(profile_dir.parent().expect("target dir"))
+                .stdin(Stdio::null());
+            if profile_dir.file_name() == Some(OsStr::new("release")) {
+                cmd.arg("--release");
+            }
+            let out = cmd.output().expect("run cargo build");
+            assert!(
+                out.status.success(),
+                "cargo build --bin unionfs failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            profile_dir.join("unionfs")
+        };
+        assert!(bin.is_file(), "{} is missing", bin.display());
+        let help = Command::new(&bin)
+            .args(["mount", "--help"])
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("--image"),
+            "{} mount --help does not mention --image: this binary does not implement \
+             `unionfs mount --image` yet",
+            bin.display()
+        );
+        bin
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Running unionfs
+
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    cmd: String,
+}
+
+impl Out {
+    fn ok(self) -> Out {
+        assert!(
+            self.status.success(),
+            "`{}` failed ({}):\n{}",
+            self.cmd,
+            self.status,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `unionfs ARGS` with its index cache in `cache`, stdin closed, killed
+/// after [`CMD_TIMEOUT`]. (A mount's daemon must not keep our pipes: reading
+/// them ends when the command's own process and its daemon have let go.)
+fn unionfs<S: AsRef<OsStr>>(args: &[S], cache: &Path) -> Out {
+    let cmd = format!(
+        "unionfs {}",
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    for (i, mut pipe) in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send((i, buf));
+        });
+    }
+    let deadline = Instant::now() + CMD_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{cmd}` did not finish within {CMD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut bufs = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+        let (i, b) = rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("`{cmd}` exited but something (its daemon?) still holds its stdout/stderr")
+        });
+        bufs[i] = b;
+    }
+    Out {
+        status,
+        stdout: String::from_utf8_lossy(&bufs[0]).into_owned(),
+        stderr: String::from_utf8_lossy(&bufs[1]).into_owned(),
+        cmd,
+    }
+}
+
+/// A scratch dir for one test: index cache, mountpoint, upper.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("unionfs-image-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// A live `unionfs mount --image`; `unionfs umount` (then umount2) on drop.
+struct ImageMount {
+    path: PathBuf,
+    cache: PathBuf,
+}
+
+impl ImageMount {
+    /// Mounts `spec` (and `extra` options) read-only with allow_other on
+    /// `dir/mnt`, or returns the failed command's output.
+    fn new(spec: &str, extra: &[&str], dir: &Path) -> Result<ImageMount, Out> {
+        let mnt = dir.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mnt = mnt.canonicalize().unwrap();
+        let cache = dir.join("cache");
+        let mut args: Vec<OsString> = vec!["mount".into(), "--image".into(), spec.into()];
+        args.extend(extra.iter().map(OsString::from));
+        args.extend(["-o".into(), "allow_other".into(), mnt.clone().into()]);
+        let out = unionfs(&args, &cache);
+        if !out.status.success() {
+            assert!(
+                !is_mounted(&mnt),
+                "`{}` failed but left {} mounted",
+                out.cmd,
+                mnt.display()
+            );
+            return Err(out);
+        }
+        assert!(
+            is_mounted(&mnt),
+            "`{}` succeeded but {} is not in /proc/self/mountinfo",
+            out.cmd,
+            mnt.display()
+        );
+        Ok(ImageMount { path: mnt, cache })
+    }
+
+    fn mount(spec: &str, extra: &[&str], dir: &Path) -> ImageMount {
+        ImageMount::new(spec, extra, dir)
+            .unwrap_or_else(|o| panic!("`{}` failed ({}):\n{}", o.cmd, o.status, o.stderr))
+    }
+
+    /// The mount's line in /proc/self/mountinfo.
+    fn mountinfo(&self) -> String {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let want = self.path.display().to_string();
+        info.lines()
+            .find(|l| l.split(' ').nth(4) == Some(want.as_str()))
+            .unwrap_or_else(|| panic!("{want} not in mountinfo"))
+            .to_owned()
+    }
+
+    /// `unionfs umount`, checked. EBUSY is retried for a while: a child that
+    /// another test thread is forking holds copies of this thread's open fds
+    /// (into the mount) until it execs.
+    fn umount(self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let out = loop {
+            let out = unionfs(&[OsStr::new("umount"), self.path.as_os_str()], &self.cache);
+            if out.status.success() || !out.stderr.contains("busy") || Instant::now() > deadline {
+                break out;
+            }
+            eprintln!("{}: busy, retrying: {}", out.cmd, out.stderr.trim_end());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(out.status.success(), "`{}` failed: {}", out.cmd, out.stderr);
+        assert!(
+            !is_mounted(&self.path),
+            "{} still mounted",
+            self.path.display()
+        );
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = unionfs(&[OsStr::new("umount"), self.path.as_os_str()], &self.cache);
+            force_unmount(&self.path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Trees
+
+/// What is compared of one name (see the module doc for what is not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Obj {
+    kind: &'static str,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    /// Files and symlinks.
+    size: Option<u64>,
+    /// Everything but directories.
+    mtime: Option<(i64, i64)>,
+    link: Option<Vec<u8>>,
+    sha256: Option<String>,
+    rdev: Option<(u32, u32)>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Regular files.
+    nlink: Option<u64>,
+}
+
+#[derive(Clone)]
+struct Tree {
+    /// Relative path ("" = the root) -> object.
+    objs: BTreeMap<Vec<u8>, Obj>,
+    /// Sets of paths sharing an inode (hard links).
+    links: BTreeSet<BTreeSet<Vec<u8>>>,
+}
+
+fn kind_of(ft: fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "dir"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_char_device() {
+        "char"
+    } else if ft.is_block_device() {
+        "block"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else {
+        "socket"
+    }
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+/// Walks `root` without following symlinks.
+fn dump(root: &Path) -> Tree {
+    let mut objs = BTreeMap::new();
+    let mut inos: BTreeMap<u64, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let mut todo = vec![Vec::new()];
+    while let Some(rel) = todo.pop() {
+        let p = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(OsStr::from_bytes(&rel))
+        };
+        let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        let ft = md.file_type();
+        let is_root = rel.is_empty();
+        let obj = Obj {
+            kind: kind_of(ft),
+            perm: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: (ft.is_file() || ft.is_symlink()).then(|| md.size()),
+            mtime: (!ft.is_dir() && !is_root).then(|| (md.mtime(), md.mtime_nsec())),
+            link: ft
+                .is_symlink()
+                .then(|| fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+            sha256: ft.is_file().then(|| {
+                let data = fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                format!("{:x}", Sha256::digest(&data))
+            }),
+            rdev: (ft.is_char_device() || ft.is_block_device())
+                .then(|| (libc::major(md.rdev()), libc::minor(md.rdev()))),
+            xattrs: xattrs(&p),
+            nlink: ft.is_file().then(|| md.nlink()),
+        };
+        if ft.is_dir() {
+            for e in fs::read_dir(&p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
+                todo.push(join(&rel, e.unwrap().file_name().as_bytes()));
+            }
+        } else {
+            inos.entry(md.ino()).or_default().insert(rel.clone());
+        }
+        objs.insert(rel, obj);
+    }
+    let links = inos.into_values().filter(|g| g.len() > 1).collect();
+    Tree { objs, links }
+}
+
+fn show(p: &[u8]) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        format!("/{}", String::from_utf8_lossy(p))
+    }
+}
+
+fn show_xattrs(x: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let v: Vec<String> = x
+        .iter()
+        .map(|(k, v)| format!("{}={}", String::from_utf8_lossy(k), xattr_text(v)))
+        .collect();
+    format!("{{{}}}", v.join(", "))
+}
+
+/// The differences between the reference tree and the mount; empty if none.
+fn diff(want: &Tree, got: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    for (p, w) in &want.objs {
+        let Some(g) = got.objs.get(p) else {
+            out.push(format!("{}: missing from the mount ({})", show(p), w.kind));
+            continue;
+        };
+        if w.kind != g.kind {
+            out.push(format!("{}: type {} != {}", show(p), g.kind, w.kind));
+            continue;
+        }
+        let mut field = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{}: {name}: mount {b}, umoci {a}", show(p)));
+            }
+        };
+        field("mode", format!("{:o}", w.perm), format!("{:o}", g.perm));
+        field(
+            "owner",
+            format!("{}:{}", w.uid, w.gid),
+            format!("{}:{}", g.uid, g.gid),
+        );
+        field("size", format!("{:?}", w.size), format!("{:?}", g.size));
+        field("mtime", format!("{:?}", w.mtime), format!("{:?}", g.mtime));
+        field(
+            "symlink target",
+            format!("{:?}", w.link.as_deref().map(String::from_utf8_lossy)),
+            format!("{:?}", g.link.as_deref().map(String::from_utf8_lossy)),
+        );
+        field(
+            "sha256",
+            format!("{:?}", w.sha256),
+            format!("{:?}", g.sha256),
+        );
+        field("device", format!("{:?}", w.rdev), format!("{:?}", g.rdev));
+        field("xattrs", show_xattrs(&w.xattrs), show_xattrs(&g.xattrs));
+        field("nlink", format!("{:?}", w.nlink), format!("{:?}", g.nlink));
+    }
+    for (p, g) in &got.objs {
+        if !want.objs.contains_key(p) {
+            out.push(format!("{}: only in the mount ({})", show(p), g.kind));
+        }
+    }
+    let fmt = |g: &BTreeSet<Vec<u8>>| g.iter().map(|p| show(p)).collect::<Vec<_>>().join(" = ");
+    for g in want.links.difference(&got.links) {
+        out.push(format!(
+            "hard-link group missing from the mount: {}",
+            fmt(g)
+        ));
+    }
+    for g in got.links.difference(&want.links) {
+        out.push(format!("hard-link group only in the mount: {}", fmt(g)));
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Oracle {
+    /// example/app:v1 (4 layers): `rootfs`.
+    App,
+    /// example/other:v2 (app minus its top layer): `rootfs-other`.
+    Other,
+}
+
+impl Oracle {
+    fn dir(self) -> &'static str {
+        match self {
+            Oracle::App => "rootfs",
+            Oracle::Other => "rootfs-other",
+        }
+    }
+
+    fn tree(self) -> &'static Tree {
+        static APP: OnceLock<Tree> = OnceLock::new();
+        static OTHER: OnceLock<Tree> = OnceLock::new();
+        let cell = match self {
+            Oracle::App => &APP,
+            Oracle::Other => &OTHER,
+        };
+        cell.get_or_init(|| {
+            let root = fixtures().join(self.dir()).canonicalize().unwrap();
+            let t = dump(&root);
+            // The reference is not vacuous: what the image is meant to hold is there.
+            for p in [
+                "etc/hello.txt",
+                "bin/suid",
+                "opq/four",
+                "deep/a/b/c/file.txt",
+                "dev/zero",
+            ] {
+                assert!(
+                    t.objs.contains_key(p.as_bytes()),
+                    "{}: no {p}",
+                    root.display()
+                );
+            }
+            for p in ["old", "opq/one", "opq/sub", "data/.wh.fifo"] {
+                assert!(
+                    !t.objs.contains_key(p.as_bytes()),
+                    "{}: {p} is deleted",
+                    root.display()
+                );
+            }
+            let v1 = matches!(self, Oracle::App);
+            assert_eq!(
+                t.objs.contains_key(b"app/VERSION".as_slice()),
+                v1,
+                "app/ is in v1 only"
+            );
+            // Whited out in L2, a file again in L4.
+            assert_eq!(
+                t.objs.get(b"etc/rel-link".as_slice()).map(|o| o.kind),
+                v1.then_some("file")
+            );
+            t
+        })
+    }
+}
+
+/// Mounts `spec` and compares the tree with the reference.
+fn check_mount(spec: &str, oracle: Oracle) {
+    let dir = scratch();
+    let m = ImageMount::mount(&fx(spec), &[], dir.path());
+    let line = m.mountinfo();
+    for opt in ["ro", "nosuid", "nodev"] {
+        assert!(
+            line.split([' ', ',']).any(|o| o == opt),
+            "{opt} missing from the mount options: {line}"
+        );
+    }
+    let got = dump(&m.path);
+    let d = diff(oracle.tree(), &got);
+    m.umount();
+    assert!(
+        d.is_empty(),
+        "unionfs mount --image {spec} differs from umoci unpack ({}), {} difference(s):\n  {}",
+        oracle.dir(),
+        d.len(),
+        d.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// `ls --json`
+
+/// An xattr value as `ls --json` shows it: text as is, anything else as 0x+hex.
+fn xattr_text(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) if !s.chars().any(char::is_control) => s.to_owned(),
+        _ => format!(
+            "0x{}",
+            v.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+    }
+}
+
+/// Decodes a `ls --json` xattr value (text, or 0x+hex for binary values).
+fn xattr_matches(json: &Value, want: &[u8]) -> bool {
+    let Some(s) = json.as_str() else { return false };
+    if s.as_bytes() == want {
+        return true;
+    }
+    let Some(hex) = s.strip_prefix("0x") else {
+        return false;
+    };
+    hex.len() == 2 * want.len()
+        && want
+            .iter()
+            .enumerate()
+            .all(|(i, b)| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) == Ok(*b))
+}
+
+fn ls_rows(spec: &str, extra: &[&str], cache: &Path) -> Vec<Value> {
+    let mut args = vec!["ls", "--image", spec];
+    args.extend(extra);
+    args.extend(["-R", "--json", "--sha256"]);
+    let out = unionfs(&args, cache).ok();
+    out.stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("`{}`: bad JSON line {l:?}: {e}", out.cmd))
+        })
+        .collect()
+}
+
+/// The path of a row, as the reference tree keys it ("" = root).
+fn row_path(r: &Value) -> Vec<u8> {
+    let p = r["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("row without a path: {r}"));
+    p.trim_start_matches('/').as_bytes().to_vec()
+}
+
+/// `unionfs ls --image spec -R --json --sha256` lists the reference tree.
+fn check_ls(spec: &str, oracle: Oracle) {
+    let dir = scratch();
+    let rows = ls_rows(&fx(spec), &[], dir.path());
+    let want = oracle.tree();
+    let mut d = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in &rows {
+        let p = row_path(r);
+        if !seen.insert(p.clone()) {
+            d.push(format!("{}: listed twice", show(&p)));
+        }
+        let Some(w) = want.objs.get(&p) else {
+            d.push(format!("{}: only in ls ({})", show(&p), r["type"]));
+            continue;
+        };
+        let mut check = |what: &str, ok: bool| {
+            if !ok {
+                d.push(format!("{}: {what}: ls says {r}", show(&p)));
+            }
+        };
+        check("type", r["type"] == w.kind);
+        check("mode", r["mode"].as_u64() == Some(u64::from(w.perm)));
+        check("uid", r["uid"].as_u64() == Some(u64::from(w.uid)));
+        check("gid", r["gid"].as_u64() == Some(u64::from(w.gid)));
+        if w.kind == "file" {
+            check("size", r["size"].as_u64() == w.size);
+            check("nlink", r["nlink"].as_u64() == w.nlink);
+            let sha = r["sha256"]
+                .as_str()
+                .map(|s| s.trim_start_matches("sha256:"));
+            check("sha256", sha == w.sha256.as_deref());
+        }
+        if let Some(link) = &w.link {
+            check(
+                "link",
+                r["link"].as_str().map(str::as_bytes) == Some(link.as_slice()),
+            );
+        }
+        if let Some((ma, mi)) = w.rdev {
+            check("rdev", r["rdev"] == serde_json::json!([ma, mi]));
+        }
+        let empty = serde_json::Map::new();
+        let got = r["xattrs"].as_object().unwrap_or(&empty);
+        let same = got.len() == w.xattrs.len()
+            && w.xattrs.iter().all(|(k, v)| {
+                got.get(&*String::from_utf8_lossy(k))
+                    .is_some_and(|j| xattr_matches(j, v))
+            });
+        check("xattrs", same);
+    }
+    for (p, w) in &want.objs {
+        if !seen.contains(p) {
+            d.push(format!("{}: missing from ls ({})", show(p), w.kind));
+        }
+    }
+    assert!(
+        d.is_empty(),
+        "unionfs ls --image {spec} -R --json differs from umoci unpack ({}), {} difference(s):\n  {}",
+        oracle.dir(),
+        d.len(),
+        d.join("\n  ")
+    );
+}
+
+/// The set of paths `ls --image spec` lists.
+fn ls_paths(spec: &str, extra: &[&str]) -> BTreeSet<Vec<u8>> {
+    let dir = scratch();
+    ls_rows(spec, extra, dir.path())
+        .iter()
+        .map(row_path)
+        .collect()
+}
+
+fn oracle_paths(o: Oracle) -> BTreeSet<Vec<u8>> {
+    o.tree().objs.keys().cloned().collect()
+}
+
+/// `ls --image spec` selects the image of `o`.
+fn assert_selects(spec: &str, extra: &[&str], o: Oracle) {
+    let got = ls_paths(spec, extra);
+    let want = oracle_paths(o);
+    assert!(
+        got == want,
+        "ls --image {spec} {extra:?} did not list {} ({}): only listed {:?}, not listed {:?}",
+        match o {
+            Oracle::App => "example/app:v1",
+            Oracle::Other => "example/other:v2",
+        },
+        o.dir(),
+        got.difference(&want).map(|p| show(p)).collect::<Vec<_>>(),
+        want.difference(&got).map(|p| show(p)).collect::<Vec<_>>(),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// `verify` and `index`
+
+fn check_verify_and_index(spec: &str, oracle: Oracle) {
+    let dir = scratch();
+    let spec = fx(spec);
+    unionfs(&["verify", "--image", &spec], dir.path()).ok();
+    let key = match oracle {
+        Oracle::App => "app",
+        Oracle::Other => "other",
+    };
+    let diff_ids: Vec<String> = meta()[key]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().trim_start_matches("sha256:").to_owned())
+        .collect();
+    let config = meta_str(&[key, "config"])
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let text = unionfs(&["index", "--image", &spec], dir.path()).ok();
+    let json = unionfs(&["index", "--image", &spec, "--json"], dir.path()).ok();
+    let parses = serde_json::from_str::<Value>(&json.stdout).is_ok()
+        || json
+            .stdout
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok());
+    assert!(parses, "`{}` is not JSON:\n{}", json.cmd, json.stdout);
+    for out in [&text, &json] {
+        for (i, d) in diff_ids.iter().enumerate() {
+            assert!(
+                out.stdout.contains(d.as_str()),
+                "`{}` does not show layer {i}'s diffID {d}:\n{}",
+                out.cmd,
+                out.stdout
+            );
+        }
+        assert!(
+            out.stdout.contains(&config),
+            "`{}` does not show the config digest {config}:\n{}",
+            out.cmd,
+            out.stdout
+        );
+    }
+    // Bottom first, as in the config.
+    let pos: Vec<usize> = diff_ids
+        .iter()
+        .map(|d| text.stdout.find(d.as_str()).unwrap())
+        .collect();
+    assert!(
+        pos.windows(2).all(|w| w[0] < w[1]),
+        "`{}` does not list the layers bottom first:\n{}",
+        text.cmd,
+        text.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Every form: the mount, ls, verify and index
+
+macro_rules! forms {
+    ($($name:ident: $spec:expr => $oracle:expr;)*) => {
+        /// `unionfs mount --image FORM` shows what `umoci unpack` extracts.
+        mod mount_matches_umoci {
+            use super::*;
+            $( #[test] fn $name() { check_mount($spec, $oracle) } )*
+        }
+        /// `unionfs ls --image FORM -R --json --sha256` lists the same tree.
+        mod ls_matches_umoci {
+            use super::*;
+            $( #[test] fn $name() { check_ls($spec, $oracle) } )*
+        }
+        /// `unionfs verify --image FORM` passes; `index --image FORM` shows every layer.
+        mod verify_and_index {
+            use super::*;
+            $( #[test] fn $name() { check_verify_and_index($spec, $oracle) } )*
+        }
+    };
+}
+
+forms! {
+    oci_layout: "oci" => Oracle::App;
+    oci_layout_other: "oci-other" => Oracle::Other;
+    oci_archive: "oci.tar" => Oracle::App;
+    docker_archive_skopeo: "docker-archive.tar" => Oracle::App;
+    docker_save_20_10: "docker-save.tar" => Oracle::App;
+    docker_save_25: "docker25.tar" => Oracle::App;
+    containerd_export: "containerd.tar" => Oracle::App;
+    multi_app_by_name: "multi.tar:example/app:v1" => Oracle::App;
+    multi_other_by_name: "multi.tar:example/other:v2" => Oracle::Other;
+}
+
+// ---------------------------------------------------------------------------
+// Choosing the image: REF and --platform
+
+#[test]
+fn multi_tar_ref_by_tag_name_and_full_name() {
+    let multi = fx("multi.tar");
+    for (r, o) in [
+        ("example/other:v2", Oracle::Other),
+        ("v2", Oracle::Other),
+        ("docker.io/example/other:v2", Oracle::Other),
+        ("example/app:v1", Oracle::App),
+        ("v1", Oracle::App),
+        ("docker.io/example/app:v1", Oracle::App),
+    ] {
+        assert_selects(&format!("{multi}:{r}"), &[], o);
+    }
+}
+
+#[test]
+fn multi_tar_mounts_the_image_its_tag_names() {
+    let dir = scratch();
+    let m = ImageMount::mount(&format!("{}:v2", fx("multi.tar")), &[], dir.path());
+    let d = diff(Oracle::Other.tree(), &dump(&m.path));
+    m.umount();
+    assert!(d.is_empty(), "multi.tar:v2:\n  {}", d.join("\n  "));
+}
+
+/// A `docker save` archive of the old format has no manifest: its images are
+/// named by their image ID, the config digest (`docker images --digests`
+/// shows no digest for them; `docker image inspect` shows the ID).
+#[test]
+fn multi_tar_ref_by_image_id_digest() {
+    let multi = fx("multi.tar");
+    assert_selects(
+        &format!("{multi}:@{}", meta_str(&["other", "config"])),
+        &[],
+        Oracle::Other,
+    );
+    assert_selects(
+        &format!("{multi}:@{}", meta_str(&["app", "config"])),
+        &[],
+        Oracle::App,
+    );
+}
+
+#[test]
+fn multi_tar_without_ref_fails_naming_both_images() {
+    let dir = scratch();
+    let multi = fx("multi.tar");
+    let out = unionfs(&["ls", "--image", multi.as_str(), "-R"], dir.path());
+    assert!(
+        !out.status.success(),
+        "`{}` succeeded:\n{}",
+        out.cmd,
+        out.stdout
+    );
+    for name in ["example/app:v1", "example/other:v2", "multi.tar"] {
+        assert!(
+            out.stderr.contains(name),
+            "`{}`: the error should name {name}: {}",
+            out.cmd,
+            out.stderr
+        );
+    }
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let err = ImageMount::new(&multi, &[], dir.path())
+        .err()
+        .expect("mount --image multi.tar without a REF succeeded");
+    for name in ["example/app:v1", "example/other:v2"] {
+        assert!(err.stderr.contains(name), "`{}`: {}", err.cmd, err.stderr);
+    }
+}
+
+#[test]
+fn ref_by_tag_and_name_in_every_single_image_form() {
+    for (form, refs) in [
+        ("oci", &["v1"][..]),
+        ("oci.tar", &["v1"]),
+        (
+            "docker-archive.tar",
+            &["v1", "example/app:v1", "docker.io/example/app:v1"],
+        ),
+        (
+            "docker-save.tar",
+            &["v1", "example/app:v1", "docker.io/example/app:v1"],
+        ),
+        (
+            "docker25.tar",
+            &["v1", "example/app:v1", "docker.io/example/app:v1"],
+        ),
+        (
+            "containerd.tar",
+            &["v1", "example/app:v1", "docker.io/example/app:v1"],
+        ),
+    ] {
+        for r in refs {
+            assert_selects(&format!("{}:{r}", fx(form)), &[], Oracle::App);
+        }
+    }
+}
+
+#[test]
+fn ref_by_manifest_digest() {
+    let manifest = meta_str(&["app", "manifest"]);
+    for form in ["oci", "oci.tar", "docker25.tar"] {
+        assert_selects(&format!("{}:@{manifest}", fx(form)), &[], Oracle::App);
+    }
+    assert_selects(
+        &format!("{}:@{}", fx("oci-other"), meta_str(&["other", "manifest"])),
+        &[],
+        Oracle::Other,
+    );
+    // The containerd export names the image by its index's digest.
+    let index = meta_str(&["containerd", "index"]);
+    assert_selects(
+        &format!("{}:@{index}", fx("containerd.tar")),
+        &[],
+        Oracle::App,
+    );
+}
+
+#[test]
+fn unknown_ref_fails_naming_it() {
+    let dir = scratch();
+    let absent = format!("sha256:{}", "0".repeat(64));
+    for (form, r) in [
+        ("oci", "v9"),
+        ("multi.tar", "example/other:v9"),
+        ("docker25.tar", "nope"),
+        ("containerd.tar", "example/zzz:v1"),
+        ("oci", &format!("@{absent}")[..]),
+    ] {
+        let spec = format!("{}:{r}", fx(form));
+        let err = ImageMount::new(&spec, &[], dir.path())
+            .err()
+            .unwrap_or_else(|| panic!("mount --image {spec} succeeded"));
+        let shown = r.trim_start_matches('@');
+        assert!(
+            err.stderr.replace(&fx(form), "").contains(shown),
+            "`{}`: the error should name {shown}: {}",
+            err.cmd,
+            err.stderr
+        );
+        assert_eq!(
+            err.stderr.trim_end().lines().count(),
+            1,
+            "one line: {}",
+            err.stderr
+        );
+    }
+}
+
+#[test]
+fn containerd_export_platform_choice() {
+    let c = fx("containerd.tar");
+    assert_selects(&c, &["--platform", "linux/amd64"], Oracle::App);
+    let dir = scratch();
+    let m = ImageMount::mount(&c, &["--platform", "linux/amd64"], dir.path());
+    assert!(m.path.join("app/VERSION").is_file());
+    m.umount();
+}
+
+// ---------------------------------------------------------------------------
+// A writable mount of an image
+
+#[test]
+fn writable_image_mount_writes_to_the_upper() {
+    let dir = scratch();
+    let upper = dir.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    let up = upper.display().to_string();
+    let m = ImageMount::mount(&fx("oci.tar"), &["--upper", &up], dir.path());
+    assert!(
+        m.mountinfo().split([' ', ',']).any(|o| o == "rw"),
+        "an --upper mount is rw: {}",
+        m.mountinfo()
+    );
+    fs::write(m.path.join("etc/new.txt"), b"new\n").unwrap();
+    fs::remove_file(m.path.join("etc/motd")).unwrap();
+    fs::write(m.path.join("opq/four"), b"changed\n").unwrap();
+    assert_eq!(fs::read(m.path.join("etc/new.txt")).unwrap(), b"new\n");
+    assert!(!m.path.join("etc/motd").exists());
+    m.umount();
+    assert_eq!(fs::read(upper.join("etc/new.txt")).unwrap(), b"new\n");
+    assert_eq!(fs::read(upper.join("opq/four")).unwrap(), b"changed\n");
+    assert!(
+        fs::symlink_metadata(upper.join("etc/.wh.motd")).is_ok(),
+        "deleting a lower file writes a whiteout in the upper"
+    );
+    // The image itself is untouched: a fresh read-only mount shows the reference.
+    check_mount("oci.tar", Oracle::App);
+}
+
+// ---------------------------------------------------------------------------
+// Broken inputs
+
+/// Mounting `spec` fails: non-zero exit, one line on stderr that names the
+/// archive (`name`) and says one of `keywords` (case-insensitive), nothing
+/// mounted.
+fn check_refused(spec: &str, extra: &[&str], name: &str, keywords: &[&str]) {
+    let dir = scratch();
+    let err = match ImageMount::new(spec, extra, dir.path()) {
+        Ok(m) => {
+            m.umount();
+            panic!("unionfs mount --image {spec} {extra:?} succeeded; it must be refused");
+        }
+        Err(e) => e,
+    };
+    let msg = err.stderr.trim_end();
+    assert!(!msg.contains("panicked"), "`{}` panicked:\n{msg}", err.cmd);
+    assert_eq!(
+        msg.lines().count(),
+        1,
+        "`{}`: expected one line on stderr, got:\n{msg}",
+        err.cmd
+    );
+    assert!(
+        msg.contains(name),
+        "`{}`: the error should name {name}: {msg}",
+        err.cmd
+    );
+    // The keyword must be in what the message says, not in the file's name
+    // ("missing-layer.tar" says "missing").
+    let lower = msg.replace(spec, "").replace(name, "").to_lowercase();
+    assert!(
+        keywords.iter().any(|k| lower.contains(k)),
+        "`{}`: the error should say one of {keywords:?}: {msg}",
+        err.cmd
+    );
+    assert!(!is_mounted(&dir.path().join("mnt").canonicalize().unwrap()));
+}
+
+macro_rules! bad {
+    ($($name:ident: $spec:expr, $extra:expr, $shown:expr => $keywords:expr;)*) => {
+        /// Each broken input is refused with one clear line, nothing mounted.
+        mod bad_input_refused {
+            use super::*;
+            $( #[test] fn $name() { check_refused(&fx($spec), $extra, $shown, $keywords) } )*
+        }
+    };
+}
+
+bad! {
+    layer_bytes_do_not_match_diff_id: "bad/diffid-mismatch.tar", &[], "diffid-mismatch.tar"
+        => &["diff"];
+    manifest_names_a_missing_layer: "bad/missing-layer.tar", &[], "missing-layer.tar"
+        => &["missing", "not found", "no such", "lacks", "absent"];
+    config_has_one_diff_id_too_few: "bad/diffid-count.tar", &[], "diffid-count.tar"
+        => &["diff"];
+    unknown_layer_media_type: "bad/unknown-media-type", &[], "unknown-media-type"
+        => &["media type"];
+    layer_symlink_escapes_the_archive: "bad/symlink-escape.tar", &[], "symlink-escape.tar"
+        => &["outside", "escape", "out of the archive"];
+    layer_symlink_is_absolute: "bad/symlink-absolute.tar", &[], "symlink-absolute.tar"
+        => &["outside", "escape", "out of the archive", "absolute"];
+    manifest_blob_does_not_match_its_digest: "bad/manifest-digest", &[], "manifest-digest"
+        => &["digest"];
+    platform_whose_blobs_are_absent: "containerd.tar", &["--platform", "linux/arm64"], "containerd.tar"
+        => &["missing", "not found", "no such", "lacks", "absent"];
+    gzip_layers_not_supported_yet: "bad/gzip-oci", &[], "gzip-oci"
+        => &["gzip", "compress"];
+}
+
+/// The comparison is not vacuous: v1's mount against v2's reference, and
+/// against a reference with a mode, an owner, an xattr, a symlink target and a
+/// hard-link group changed, shows exactly those differences.
+#[test]
+fn comparison_is_not_vacuous() {
+    let dir = scratch();
+    let m = ImageMount::mount(&fx("oci"), &[], dir.path());
+    let got = dump(&m.path);
+    m.umount();
+    let d = diff(Oracle::Other.tree(), &got).join("\n");
+    for want in [
+        "/app/VERSION: only in the mount (file)",
+        "/etc/rel-link: only in the mount (file)",
+        "/etc/motd.hl: only in the mount (file)",
+        "/data/fifo: missing from the mount (fifo)",
+        "/opq/four: sha256: mount",
+        "/big/blob.bin: owner: mount 2000:2000, umoci 0:0",
+        "hard-link group only in the mount: /etc/motd = /etc/motd.hl",
+    ] {
+        assert!(d.contains(want), "the diff should say {want:?}:\n{d}");
+    }
+    let mut w = Oracle::App.tree().clone();
+    fn obj<'a>(w: &'a mut Tree, p: &str) -> &'a mut Obj {
+        w.objs.get_mut(p.as_bytes()).unwrap()
+    }
+    obj(&mut w, "bin/suid").perm = 0o755;
+    obj(&mut w, "home/user").uid = 0;
+    obj(&mut w, "etc/hello.txt").xattrs.clear();
+    obj(&mut w, "bin/abs-link").link = Some(b"/etc/other".to_vec());
+    obj(&mut w, "dev/zero").rdev = Some((1, 3));
+    w.links.retain(|g| !g.contains(b"bin/tool".as_slice()));
+    let d = diff(&w, &got).join("\n");
+    for want in [
+        "/bin/suid: mode: mount 4755, umoci 755",
+        "/home/user: owner: mount 1000:1000, umoci 0:1000",
+        "/etc/hello.txt: xattrs: mount {user.foo=baz}, umoci {}",
+        "/bin/abs-link: symlink target",
+        "/dev/zero: device: mount Some((1, 5)), umoci Some((1, 3))",
+        "hard-link group only in the mount: /bin/tool = /usr/bin/tool-hl",
+    ] {
+        assert!(d.contains(want), "the diff should say {want:?}:\n{d}");
+    }
+    assert_eq!(d.lines().count(), 6, "{d}");
+}
+
+#[test]
+fn verify_detects_a_layer_that_does_not_match_its_diff_id() {
+    let dir = scratch();
+    let out = unionfs(
+        &["verify", "--image", &fx("bad/diffid-mismatch.tar")],
+        dir.path(),
+    );
+    assert!(
+        !out.status.success(),
+        "`{}` passed:\n{}",
+        out.cmd,
+        out.stdout
+    );
+    assert!(
+        format!("{}{}", out.stdout, out.stderr)
+            .replace("diffid-mismatch.tar", "")
+            .to_lowercase()
+            .contains("diff"),
+        "`{}`: {}{}",
+        out.cmd,
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The fixtures are what they claim: every form's layers are the same four
+/// tars, the docker archives lay out their layers as the real tools do.
+#[test]
+fn fixtures_have_the_expected_shape() {
+    let dir = fixtures();
+    for f in [
+        "oci/index.json",
+        "oci.tar",
+        "docker-archive.tar",
+        "docker-save.tar",
+        "docker25.tar",
+        "containerd.tar",
+        "multi.tar",
+        "rootfs/etc/hello.txt",
+        "rootfs-other/opq/four",
+        "bad/README.txt",
+    ] {
+        assert!(dir.join(f).exists(), "{} missing", dir.join(f).display());
+    }
+    let list = |tar: &str| -> String {
+        let out = Command::new("tar")
+            .args(["-tvf"])
+            .arg(dir.join(tar))
+            .output()
+            .expect("run tar");
+        assert!(out.status.success(), "tar -tvf {tar}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // skopeo's docker-archive: <v1id>/layer.tar are symlinks to <diffid>.tar.
+    let da = list("docker-archive.tar");
+    assert!(
+        da.lines()
+            .any(|l| l.starts_with('l') && l.contains("/layer.tar -> ../")),
+        "{da}"
+    );
+    // docker 20.10: real layer.tar files; in multi.tar, other:v2's top layer is
+    // a symlink to app's copy of the same layer.
+    let ds = list("docker-save.tar");
+    assert!(
+        ds.lines()
+            .any(|l| l.starts_with('-') && l.ends_with("/layer.tar")),
+        "{ds}"
+    );
+    let multi = list("multi.tar");
+    assert!(
+        multi
+            .lines()
+            .any(|l| l.starts_with('l') && l.contains("/layer.tar -> ../")),
+        "{multi}"
+    );
+    assert_eq!(meta()["app"]["diff_ids"].as_array().unwrap().len(), 4);
+}
