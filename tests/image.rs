@@ -666,3 +666,30 @@ fn an_image_archive_given_as_a_layer_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_layer_listed_twice_is_indexed_safely_in_parallel() {
+    // Docker images repeat the empty layer (1024 zero bytes) for metadata-only
+    // steps: the same blob, indexed by two threads at once, must store one
+    // good index.
+    let e = Env::new();
+    let empty = vec![0u8; 1024];
+    let base = sample_layers().remove(0);
+    let layers = vec![base, empty.clone(), empty.clone(), empty];
+    e.put("empty.tar", &docker_archive(&[(&layers, &["x:1"])], false));
+    for _ in 0..2 {
+        let img = e.open(&e.spec("empty.tar", "")).unwrap();
+        let opened = img.open_layers(&e.opts).unwrap();
+        assert_eq!(opened.len(), 4);
+        assert!(
+            opened[1..].iter().all(|l| l.index.entries.len() == 1),
+            "only a root"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(e.dir.path().join("cache"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -76,11 +76,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .mode(0o700)
         .create(dir)
         .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("f"),
-        std::process::id()
-    ));
+    let tmp = crate::tar::persist::temp_name(path);
     let res = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)

@@ -136,12 +136,7 @@ pub fn save(
         sum_header: 0,
     };
     h.sum_header = xxh3_64(bytemuck::bytes_of(&h));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("index"),
-        std::process::id()
-    ));
+    let tmp = temp_name(path);
     let res = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -327,4 +322,18 @@ pub fn validate(idx: &LayerIndex, n_members: u64) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A temporary name next to `path`, unique per process and per call: two
+/// threads storing the same file (an image that lists one layer twice, as
+/// docker's empty layers are) never write one temporary file together.
+pub fn temp_name(path: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    dir.join(format!(
+        ".{}.tmp{}-{n}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("index"),
+        std::process::id()
+    ))
 }
