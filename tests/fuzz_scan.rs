@@ -354,6 +354,31 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// An input read forward in odd-sized pieces whose length is unknown until a
+/// read finds its end, as a decompressing reader serves a compressed layer.
+struct Streamed<'a> {
+    data: &'a [u8],
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl scan::ReadAt for Streamed<'_> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        let want = buf.len().min(7001);
+        let n = self.data.read_at(&mut buf[..want], off)?;
+        if n < want {
+            self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            self.data.len() as u64
+        } else {
+            scan::UNKNOWN_LEN
+        })
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(256),
@@ -376,7 +401,20 @@ proptest! {
         if fix && !pristine {
             fix_checksums(&mut bytes);
         }
-        match scan::scan(&bytes) {
+        let known = scan::scan(&bytes);
+        // The same bytes as a decompressor serves them: length unknown until
+        // the end, reads in pieces. Same index, or refused too.
+        let streamed = scan::scan(&Streamed { data: &bytes, ended: Default::default() });
+        match (&known, &streamed) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a.end_off, b.end_off);
+                prop_assert_eq!(&a.warnings, &b.warnings);
+                prop_assert_eq!(format!("{:?}", a.entries), format!("{:?}", b.entries));
+            }
+            (Err(scan::ScanError::Corrupt(..)), Err(scan::ScanError::Corrupt(..))) => {}
+            (a, b) => prop_assert!(false, "known length: {:?}; streamed: {:?}", a.as_ref().err(), b.as_ref().err()),
+        }
+        match known {
             Err(scan::ScanError::Io(e)) => panic!("I/O error on an in-memory archive: {e}"),
             Err(scan::ScanError::Corrupt(off, msg)) => {
                 prop_assert!(!pristine, "valid archive refused at {}: {}", off, msg);

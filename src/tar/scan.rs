@@ -25,13 +25,19 @@ use super::header::{self, is_zero_block, padded, Header, BLOCK};
 /// Largest extension payload (PAX records, GNU long name) we read into memory.
 pub const MAX_EXTENSION: u64 = 16 << 20;
 
+/// [`ReadAt::len`] of an input whose length is not known until it has been
+/// read to its end (a compressed stream): the scanner then reads until a
+/// short read, and asks the length again.
+pub const UNKNOWN_LEN: u64 = u64::MAX;
+
 /// Positional reads, so scanning and serving never share a file cursor.
 // `len` is the input's length (fallible), not a container's: no `is_empty`.
 #[allow(clippy::len_without_is_empty)]
 pub trait ReadAt: Sync {
     /// Reads up to `buf.len()` bytes at `off`; returns 0 only at end of input.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
-    /// Total length in bytes.
+    /// Total length in bytes, or [`UNKNOWN_LEN`] for a stream read forward
+    /// whose end has not been reached yet (it then answers exactly).
     fn len(&self) -> io::Result<u64>;
 }
 
@@ -65,6 +71,21 @@ impl ReadAt for Vec<u8> {
     fn len(&self) -> io::Result<u64> {
         Ok(self.as_slice().len() as u64)
     }
+}
+
+/// Reads `buf.len()` bytes at `off`, fewer only at the end of the input;
+/// returns how many.
+pub fn read_full<R: ReadAt + ?Sized>(r: &R, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Reads exactly `buf.len()` bytes at `off`, or fails with `UnexpectedEof`.
@@ -180,6 +201,9 @@ struct Window<'a, R: ?Sized> {
     len: u64,
     start: u64,
     buf: Vec<u8>,
+    /// The last payload skipped (header offset, data offset, length): an
+    /// input of unknown length that ends inside it is truncated.
+    last: Option<(u64, u64, u64)>,
 }
 
 const WINDOW: usize = 256 << 10;
@@ -202,8 +226,27 @@ impl<'a, R: ReadAt + ?Sized> Window<'a, R> {
         if off < self.start || off + BLOCK > self.start + self.buf.len() as u64 {
             let n = (self.len - off).min(WINDOW as u64) as usize;
             self.buf.resize(n, 0);
-            read_exact_at(self.r, &mut self.buf, off)?;
-            self.start = off;
+            if self.len != UNKNOWN_LEN {
+                read_exact_at(self.r, &mut self.buf, off)?;
+                self.start = off;
+            } else {
+                let got = read_full(self.r, &mut self.buf, off)?;
+                self.buf.truncate(got);
+                self.start = off;
+                if got < n {
+                    // The end: the input knows its length now.
+                    self.len = self.r.len()?;
+                    if self.len == UNKNOWN_LEN {
+                        return Err(ScanError::Io(io::Error::other(
+                            "the input ended but does not know its length",
+                        )));
+                    }
+                    if let Some((h, d, n)) = self.last {
+                        payload_end(h, d, n, self.len)?;
+                    }
+                    return self.block(off);
+                }
+            }
         }
         let at = (off - self.start) as usize;
         let mut b = [0u8; 512];
@@ -214,8 +257,20 @@ impl<'a, R: ReadAt + ?Sized> Window<'a, R> {
     /// Reads `len` payload bytes at `off` (for extension headers and sparse maps).
     fn bytes(&mut self, off: u64, len: u64) -> Res<Vec<u8>> {
         let mut v = vec![0u8; len as usize];
-        read_exact_at(self.r, &mut v, off)?;
-        Ok(v)
+        match read_exact_at(self.r, &mut v, off) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.len == UNKNOWN_LEN => {
+                corrupt(off, format!("truncated: {len} bytes of extension data run past the end"))
+            }
+            r => r.map(|()| v).map_err(ScanError::from),
+        }
+    }
+
+    /// Where the next header starts after the payload of the header at
+    /// `hdr_off` (`n` bytes at `data_off`); remembered for an input whose
+    /// end is found later.
+    fn payload_end(&mut self, hdr_off: u64, data_off: u64, n: u64) -> Res<u64> {
+        self.last = Some((hdr_off, data_off, n));
+        payload_end(hdr_off, data_off, n, self.len)
     }
 }
 
@@ -259,6 +314,7 @@ pub fn scan_with<R: ReadAt + ?Sized, F: FnMut(RawEntry)>(r: &R, mut each: F) -> 
         len,
         start: 0,
         buf: Vec::new(),
+        last: None,
     };
     let mut out = Scan::default();
     let mut global: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -267,6 +323,9 @@ pub fn scan_with<R: ReadAt + ?Sized, F: FnMut(RawEntry)>(r: &R, mut each: F) -> 
     loop {
         let off = pos;
         let Some(block) = w.block(off)? else {
+            // An input of unknown length may end inside the padding after
+            // the last payload: the archive ends where its bytes do.
+            let off = off.min(w.len);
             if let Some(first) = pend.first_off {
                 warn(
                     &mut out,
@@ -312,7 +371,7 @@ pub fn scan_with<R: ReadAt + ?Sized, F: FnMut(RawEntry)>(r: &R, mut each: F) -> 
                     );
                 }
                 let data_off = off + BLOCK;
-                let next = payload_end(off, data_off, hsize, len)?;
+                let next = w.payload_end(off, data_off, hsize)?;
                 out.members.push(Member {
                     hdr_off: off,
                     data_off,
@@ -494,7 +553,7 @@ fn entry<R: ReadAt + ?Sized>(
         Kind::HardLink | Kind::Symlink | Kind::Char | Kind::Block | Kind::Fifo
     ) || (kind == Kind::Dir && tf != b'D');
     let stored = if header_only { 0 } else { size };
-    let next = payload_end(off, data_off, stored, w.len)?;
+    let next = w.payload_end(off, data_off, stored)?;
     let member = u32::try_from(out.members.len()).or_else(|_| corrupt(off, "too many members"))?;
     out.members.push(Member {
         hdr_off: member_hdr,
