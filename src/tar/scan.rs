@@ -259,7 +259,10 @@ impl<'a, R: ReadAt + ?Sized> Window<'a, R> {
         let mut v = vec![0u8; len as usize];
         match read_exact_at(self.r, &mut v, off) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.len == UNKNOWN_LEN => {
-                corrupt(off, format!("truncated: {len} bytes of extension data run past the end"))
+                corrupt(
+                    off,
+                    format!("truncated: {len} bytes of extension data run past the end"),
+                )
             }
             r => r.map(|()| v).map_err(ScanError::from),
         }
