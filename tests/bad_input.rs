@@ -128,16 +128,12 @@ fn bad_checksum_in_the_middle_names_that_entry() {
     assert_corrupt(&t.finish(), 512, "checksum");
 }
 
+/// gzip and zstd layers are served (tests/compressed.rs); bzip2 and xz are
+/// no OCI layer types: refused, with the command that decompresses them.
 #[test]
-fn compressed_layers_say_how_to_decompress() {
-    let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
-    gz.resize(600, 0);
-    assert_not_tar(&gz, &["gzip", "gzip -dc", "layer.tar"]);
-    let mut zst = vec![0x28, 0xb5, 0x2f, 0xfd, 0x24, 0x00];
-    zst.resize(600, 0);
-    assert_not_tar(&zst, &["zstd", "zstd -dc", "layer.tar"]);
-    assert_not_tar(b"BZh91AY&SY", &["bzip2"]);
-    assert_not_tar(b"\xfd7zXZ\0\0\0", &["xz"]);
+fn unsupported_compressions_say_how_to_decompress() {
+    assert_not_tar(b"BZh91AY&SY", &["bzip2-compressed", "bzip2 -dc", "layer.tar"]);
+    assert_not_tar(b"\xfd7zXZ\0\0\0", &["xz-compressed", "xz -dc", "layer.tar"]);
 }
 
 #[test]

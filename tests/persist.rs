@@ -43,8 +43,8 @@ fn rich_tar() -> Vec<u8> {
 fn opts(cache: &Path) -> IndexOptions {
     IndexOptions {
         cache_dir: Some(cache.to_owned()),
-        rebuild: false,
         members: true,
+        ..IndexOptions::default()
     }
 }
 

@@ -9,18 +9,27 @@
 //! the digest pass over them ([`Hashing`], [`sha256`]) and the record of which
 //! sources were already checked ([`verified`]).
 
+pub mod decoded;
+pub mod gzip;
+pub mod progress;
+pub mod seek;
 pub mod verified;
+mod zlib;
+pub mod zstd;
+
+pub use decoded::Decoded;
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sha2::{Digest as _, Sha256};
 
-use crate::tar::scan::ReadAt;
+use crate::tar::scan::{ReadAt, UNKNOWN_LEN};
 
 /// A contiguous byte range of an open file.
 #[derive(Clone, Debug)]
@@ -98,22 +107,41 @@ impl ReadAt for Blob {
 /// digest.
 pub struct Hashing<'a, R: ReadAt + ?Sized> {
     inner: &'a R,
-    state: Mutex<(Sha256, u64, Vec<u8>)>,
+    /// `None`: a pass-through that only counts (no digest wanted).
+    state: Option<Mutex<(Sha256, u64, Vec<u8>)>>,
+    /// The furthest offset read so far (for progress).
+    pos: Arc<AtomicU64>,
 }
 
 impl<'a, R: ReadAt + ?Sized> Hashing<'a, R> {
     /// Wraps `inner`; nothing is hashed yet.
     pub fn new(inner: &'a R) -> Self {
+        Self::new_if(inner, true)
+    }
+
+    /// Wraps `inner`, hashing only if `hash` (else reads pass through and
+    /// [`Hashing::finish`] returns an empty string).
+    pub fn new_if(inner: &'a R, hash: bool) -> Self {
         Hashing {
             inner,
-            state: Mutex::new((Sha256::new(), 0, Vec::new())),
+            state: hash.then(|| Mutex::new((Sha256::new(), 0, Vec::new()))),
+            pos: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Hashes what is left up to the end and returns `sha256:<hex>`.
+    /// How far the reader has come, as a counter another thread can watch.
+    pub fn meter(&self) -> Arc<AtomicU64> {
+        self.pos.clone()
+    }
+
+    /// Hashes what is left up to the end (of a stream of unknown length: up
+    /// to where it ends) and returns `sha256:<hex>`.
     pub fn finish(self) -> io::Result<String> {
+        let Some(state) = self.state else {
+            return Ok(String::new());
+        };
         let len = self.inner.len()?;
-        let mut st = self.state.into_inner();
+        let mut st = state.into_inner();
         hash_gap(self.inner, &mut st, len)?;
         Ok(format!("sha256:{}", hex(&st.0.finalize())))
     }
@@ -134,24 +162,41 @@ fn hash_gap<R: ReadAt + ?Sized>(
     }
     while *at < to {
         let n = (to - *at).min(buf.len() as u64) as usize;
-        crate::tar::scan::read_exact_at(inner, &mut buf[..n], *at)?;
-        h.update(&buf[..n]);
-        *at += n as u64;
+        if to == UNKNOWN_LEN {
+            // A stream whose end is not known yet: hash until it ends.
+            let got = crate::tar::scan::read_full(inner, &mut buf[..n], *at)?;
+            h.update(&buf[..got]);
+            *at += got as u64;
+            if got < n {
+                break;
+            }
+        } else {
+            crate::tar::scan::read_exact_at(inner, &mut buf[..n], *at)?;
+            h.update(&buf[..n]);
+            *at += n as u64;
+        }
     }
     Ok(())
 }
 
 impl<R: ReadAt + ?Sized> ReadAt for Hashing<'_, R> {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        let mut st = self.state.lock();
-        hash_gap(self.inner, &mut st, off)?;
-        let n = self.inner.read_at(buf, off)?;
-        let end = off + n as u64;
-        if end > st.1 {
-            let from = (st.1 - off) as usize;
-            st.0.update(&buf[from..n]);
-            st.1 = end;
-        }
+        let n = match &self.state {
+            None => self.inner.read_at(buf, off)?,
+            Some(state) => {
+                let mut st = state.lock();
+                hash_gap(self.inner, &mut st, off)?;
+                let n = self.inner.read_at(buf, off)?;
+                let end = off + n as u64;
+                if end > st.1 {
+                    let from = (st.1 - off) as usize;
+                    st.0.update(&buf[from..n]);
+                    st.1 = end;
+                }
+                n
+            }
+        };
+        self.pos.fetch_max(off + n as u64, Ordering::Relaxed);
         Ok(n)
     }
     fn len(&self) -> io::Result<u64> {

@@ -22,6 +22,7 @@ pub use reference::ImageRef;
 
 use std::path::{Path, PathBuf};
 
+use crate::blob::seek::{self, Encoding};
 use crate::blob::Blob;
 use crate::error::{Error, Result};
 use crate::tar::{IndexOptions, TarLayer};
@@ -40,6 +41,8 @@ pub struct LayerDesc {
     pub media_type: String,
     /// Bytes of the blob.
     pub size: u64,
+    /// How the blob is encoded (by its bytes, whatever the media type says).
+    pub encoding: Encoding,
     /// `ARCHIVE:PATH` or `DIR:PATH`, for messages.
     pub name: PathBuf,
     /// The layer's bytes.
@@ -302,6 +305,9 @@ impl Image {
                 &l.name,
                 digest::short(&l.diff_id),
                 l.blob.clone(),
+                l.digest
+                    .as_deref()
+                    .filter(|_| l.encoding != Encoding::Plain),
                 &l.diff_id,
                 opts,
             )
@@ -491,10 +497,8 @@ fn resolve_oci(
         }
         // The bytes decide, not the media type (skopeo 1.9 labels the
         // uncompressed layers of a docker-archive it copies `tar+gzip`).
-        if let Some(kind) = sniff(store, &lrel, &blob)? {
-            return Err(compressed(store, i, l, kind));
-        }
-        if !l.digest.eq_ignore_ascii_case(diff_id) {
+        let enc = sniff(store, &lrel, &blob, i)?;
+        if enc == Encoding::Plain && !l.digest.eq_ignore_ascii_case(diff_id) {
             return Err(image_err(
                 name,
                 format!(
@@ -507,6 +511,7 @@ fn resolve_oci(
             diff_id: diff_id.to_ascii_lowercase(),
             digest: Some(l.digest.to_ascii_lowercase()),
             media_type: l.media_type.clone(),
+            encoding: enc,
             size: blob.len(),
             name,
             blob,
@@ -537,33 +542,16 @@ fn blob_rel(digest: &str) -> String {
     )
 }
 
-/// The error for a compressed layer, with a conversion that works.
-fn compressed(store: &dyn Store, i: usize, l: &Descriptor, kind: &str) -> Error {
-    image_err(
-        store.path().to_owned(),
-        format!(
-            "layer {i} ({}) is {kind}-compressed ({}); unionfs serves uncompressed layers only for now. \
-             A docker-archive holds uncompressed layers: skopeo copy oci{}:{} docker-archive:IMAGE.tar",
-            l.digest,
-            l.media_type,
-            if std::fs::metadata(store.path()).is_ok_and(|m| m.is_dir()) { "" } else { "-archive" },
-            store.path().display()
-        ),
-    )
-}
-
-/// The compression a blob's first bytes show, if any.
-fn sniff(store: &dyn Store, rel: &str, blob: &Blob) -> Result<Option<&'static str>> {
-    let mut head = [0u8; 6];
-    let n = crate::tar::scan::ReadAt::read_at(blob, &mut head, 0)
-        .map_err(|e| Error::io(store.name(rel), e))?;
-    Ok(match &head[..n] {
-        [0x1f, 0x8b, ..] => Some("gzip"),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
-        [b'B', b'Z', b'h', ..] => Some("bzip2"),
-        [0xfd, b'7', b'z', b'X', b'Z', 0] => Some("xz"),
-        _ => None,
-    })
+/// How a layer blob is encoded, by its first bytes; a compression that is
+/// no OCI layer type (bzip2, xz) is an error.
+fn sniff(store: &dyn Store, rel: &str, blob: &Blob, i: usize) -> Result<Encoding> {
+    match seek::sniff(blob).map_err(|e| Error::io(store.name(rel), e))? {
+        Encoding::Unsupported(kind) => Err(image_err(
+            store.name(rel),
+            format!("layer {i} is {kind}-compressed, which is not an OCI layer type (tar, tar+gzip, tar+zstd)"),
+        )),
+        enc => Ok(enc),
+    }
 }
 
 /// Chooses the manifest for `want` in the index `d` (nested indexes followed).
@@ -655,20 +643,21 @@ fn resolve_docker(store: &dyn Store, im: &DockerImage, c: &Candidate) -> Result<
                 format!("manifest.json names layer {i} at {p}, which the archive lacks"),
             ));
         };
-        if let Some(kind) = sniff(store, p, &blob)? {
-            let d = Descriptor {
-                media_type: "application/vnd.docker.image.rootfs.diff.tar.".to_owned() + kind,
-                digest: diff_id.clone(),
-                size: blob.len() as i64,
-                annotations: None,
-                platform: None,
-            };
-            return Err(compressed(store, i, &d, kind));
-        }
+        let enc = sniff(store, p, &blob, i)?;
+        // A layer at blobs/sha256/<hex> (Docker ≥ 25) is named by its digest.
+        let digest = (enc != Encoding::Plain)
+            .then(|| config_digest_from_path(p))
+            .flatten();
         layers.push(LayerDesc {
             diff_id: diff_id.to_ascii_lowercase(),
-            digest: None,
-            media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),
+            digest,
+            encoding: enc,
+            media_type: match enc {
+                Encoding::Gzip => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                Encoding::Zstd => "application/vnd.docker.image.rootfs.diff.tar.zstd",
+                _ => "application/vnd.docker.image.rootfs.diff.tar",
+            }
+            .into(),
             size: blob.len(),
             name: store.name(p),
             blob,

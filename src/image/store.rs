@@ -153,7 +153,7 @@ impl ArchiveStore {
         let outer = TarLayer::open(path, &opts)?;
         let file = Arc::new(
             outer
-                .blob()
+                .source()
                 .file()
                 .try_clone()
                 .map_err(|e| Error::io(path, e))?,

@@ -6,6 +6,7 @@
 //! entries, interpreted by `stack/`.
 
 pub mod build;
+mod compressed;
 pub mod header;
 pub mod index;
 pub mod persist;
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 pub use index::{EntryId, EntryRec, LayerIndex};
 pub use persist::TarIdentity;
 
-use crate::blob::{self, Blob};
+use crate::blob::seek::{self, Encoding};
+use crate::blob::{self, Blob, Decoded};
 use crate::error::{Error, Result};
 
 /// Reads at least this large trigger a prefetch of what follows.
@@ -36,9 +38,25 @@ pub struct IndexOptions {
     pub rebuild: bool,
     /// Also load the member table (needed by `verify`).
     pub members: bool,
+    /// Uncompressed bytes between gzip checkpoints (0: [`DEFAULT_SPACING`]).
+    pub checkpoint_spacing: u64,
+    /// No progress line while a compressed layer is decoded.
+    pub quiet: bool,
 }
 
+/// Default gzip checkpoint spacing: indexed_gzip's and SOCI's 4 MiB.
+pub const DEFAULT_SPACING: u64 = 4 << 20;
+
 impl IndexOptions {
+    /// The gzip checkpoint spacing to use.
+    pub fn spacing(&self) -> u64 {
+        if self.checkpoint_spacing == 0 {
+            DEFAULT_SPACING
+        } else {
+            self.checkpoint_spacing
+        }
+    }
+
     /// The default cache directory: `$XDG_CACHE_HOME/unionfs`, else `~/.cache/unionfs`.
     pub fn default_cache_dir() -> Option<PathBuf> {
         let base = std::env::var_os("XDG_CACHE_HOME")
@@ -75,26 +93,11 @@ pub struct TarLayer {
     pub path: PathBuf,
     /// A short name for listings: the file name, or the diffID's first hex digits.
     pub label: String,
-    blob: Blob,
+    blob: Decoded,
     /// The index.
     pub index: LayerIndex,
     /// Where the index came from.
     pub source: IndexSource,
-}
-
-/// Compression formats recognised by their magic bytes.
-fn sniff_compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Some(("gzip", "gzip -dc FILE > layer.tar"))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(("zstd", "zstd -dc FILE > layer.tar"))
-    } else if head.starts_with(b"BZh") {
-        Some(("bzip2", "bzip2 -dc FILE > layer.tar"))
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some(("xz", "xz -dc FILE > layer.tar"))
-    } else {
-        None
-    }
 }
 
 /// Refuses what cannot be a tar at all, by its first bytes and its length.
@@ -106,13 +109,15 @@ fn check_head(path: &Path, blob: &Blob) -> Result<()> {
     if blob.is_empty() {
         return Err(not_tar("is empty (0 bytes), not a tar archive".into()));
     }
-    let mut head = [0u8; 8];
-    let n = scan::ReadAt::read_at(blob, &mut head, 0).map_err(|e| Error::io(path, e))?;
-    if let Some((kind, how)) = sniff_compression(&head[..n]) {
-        return Err(not_tar(format!(
-            "is {kind}-compressed; unionfs serves uncompressed layer tars. Decompress it first: {}",
-            how.replace("FILE", &path.display().to_string())
-        )));
+    match seek::sniff(blob).map_err(|e| Error::io(path, e))? {
+        Encoding::Unsupported(kind) => {
+            return Err(not_tar(format!(
+                "is {kind}-compressed; layers are tar, tar+gzip or tar+zstd (OCI). Decompress it first: {kind} -dc {} > layer.tar",
+                path.display()
+            )))
+        }
+        Encoding::Gzip | Encoding::Zstd => return Ok(()),
+        Encoding::Plain => {}
     }
     if blob.len() < 512 {
         return Err(not_tar(format!(
@@ -148,10 +153,24 @@ impl TarLayer {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let index_file = opts
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{:x}-{:x}.uidx", id.dev, id.ino)));
+        let key = |ext: &str| {
+            opts.cache_dir
+                .as_ref()
+                .map(|d| d.join(format!("{:x}-{:x}.{ext}", id.dev, id.ino)))
+        };
+        let enc = seek::sniff(&blob).map_err(|e| Error::io(path, e))?;
+        if enc != Encoding::Plain {
+            let keys = compressed::Keys {
+                index_file: key("uidx"),
+                seek_file: key("seek"),
+                seek_id: id,
+                index_id: Some(id),
+                blob_digest: None,
+                diff_id: None,
+            };
+            return compressed::open(path, label, blob, enc, &keys, opts);
+        }
+        let index_file = key("uidx");
         let start = Instant::now();
         let mut rejected = None;
         if let (Some(f), false) = (&index_file, opts.rebuild) {
@@ -161,7 +180,7 @@ impl TarLayer {
                     return Ok(TarLayer {
                         path: path.to_owned(),
                         label,
-                        blob,
+                        blob: Decoded::Plain(blob),
                         index,
                         source: IndexSource {
                             built: false,
@@ -215,7 +234,7 @@ impl TarLayer {
         Ok(TarLayer {
             path: path.to_owned(),
             label,
-            blob,
+            blob: Decoded::Plain(blob),
             index,
             source: IndexSource {
                 built: true,
@@ -240,6 +259,7 @@ impl TarLayer {
         name: &Path,
         label: String,
         blob: Blob,
+        blob_digest: Option<&str>,
         diff_id: &str,
         opts: &IndexOptions,
     ) -> Result<TarLayer> {
@@ -250,6 +270,41 @@ impl TarLayer {
                 path: name.to_owned(),
                 reason: format!("unsupported diffID {diff_id:?} (expected sha256:<64 hex digits>)"),
             });
+        }
+        let enc = seek::sniff(&blob).map_err(|e| Error::io(name, e))?;
+        if enc != Encoding::Plain {
+            // The seek table belongs to the compressed bytes: keyed by their
+            // digest where the image gives it, else by this very source.
+            let src_id = TarIdentity::of(blob.file()).map_err(|e| Error::io(name, e))?;
+            let (seek_name, seek_id) = match blob_digest.and_then(|d| d.strip_prefix("sha256:")) {
+                Some(h) => (
+                    format!("sha256-{}.seek", h.to_ascii_lowercase()),
+                    TarIdentity {
+                        size: blob.len(),
+                        ..TarIdentity::default()
+                    },
+                ),
+                None => (
+                    format!(
+                        "src-{:x}-{:x}-{:x}.seek",
+                        src_id.dev,
+                        src_id.ino,
+                        blob.base()
+                    ),
+                    src_id,
+                ),
+            };
+            let cache = opts.cache_dir.as_deref();
+            let keys = compressed::Keys {
+                index_file: cache
+                    .map(|d| d.join(format!("sha256-{}.uidx", hexpart.to_ascii_lowercase()))),
+                seek_file: cache.map(|d| d.join("blobs").join(seek_name)),
+                seek_id,
+                index_id: None,
+                blob_digest,
+                diff_id: Some(diff_id),
+            };
+            return compressed::open(name, label, blob, enc, &keys, opts);
         }
         let id = TarIdentity {
             size: blob.len(),
@@ -280,7 +335,7 @@ impl TarLayer {
                     return Ok(TarLayer {
                         path: name.to_owned(),
                         label,
-                        blob,
+                        blob: Decoded::Plain(blob),
                         index,
                         source: IndexSource {
                             built: false,
@@ -327,7 +382,7 @@ impl TarLayer {
         Ok(TarLayer {
             path: name.to_owned(),
             label,
-            blob,
+            blob: Decoded::Plain(blob),
             index,
             source: IndexSource {
                 built: true,
@@ -382,16 +437,21 @@ impl TarLayer {
         })
     }
 
-    /// The tar's bytes (for `verify`).
-    pub fn blob(&self) -> &Blob {
+    /// The tar's bytes, uncompressed (for `verify`).
+    pub fn blob(&self) -> &Decoded {
         &self.blob
+    }
+
+    /// The bytes as stored (compressed or not).
+    pub fn source(&self) -> &Blob {
+        self.blob.source()
     }
 }
 
 /// Fills `buf` with the logical bytes at `off` of a sparse file whose chunks
 /// (offset, length) are stored back to back at `data_off`.
 fn read_sparse(
-    f: &Blob,
+    f: &Decoded,
     data_off: u64,
     map: &[(u64, u64)],
     off: u64,
