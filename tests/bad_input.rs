@@ -132,7 +132,10 @@ fn bad_checksum_in_the_middle_names_that_entry() {
 /// no OCI layer types: refused, with the command that decompresses them.
 #[test]
 fn unsupported_compressions_say_how_to_decompress() {
-    assert_not_tar(b"BZh91AY&SY", &["bzip2-compressed", "bzip2 -dc", "layer.tar"]);
+    assert_not_tar(
+        b"BZh91AY&SY",
+        &["bzip2-compressed", "bzip2 -dc", "layer.tar"],
+    );
     assert_not_tar(b"\xfd7zXZ\0\0\0", &["xz-compressed", "xz -dc", "layer.tar"]);
 }
 
