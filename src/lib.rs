@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+pub mod cache;
 pub mod error;
 pub mod fuse;
 pub mod idmap;

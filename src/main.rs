@@ -43,6 +43,28 @@ struct CacheArgs {
     /// Keep indexes in memory only: neither read nor write the cache.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Uncompressed bytes between gzip checkpoints (K/M/G suffixes): smaller
+    /// makes random reads of gzip layers cheaper and the index larger.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    checkpoint_spacing: u64,
+    /// No progress line while a compressed layer is indexed.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Parses `123`, `64K`, `4M`, `2G` (powers of 1024).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?}: expected a size such as 65536, 64K, 4M or 1G"))
 }
 
 impl CacheArgs {
@@ -55,6 +77,8 @@ impl CacheArgs {
                     .clone()
                     .or_else(IndexOptions::default_cache_dir)
             },
+            checkpoint_spacing: self.checkpoint_spacing,
+            quiet: self.quiet,
             ..IndexOptions::default()
         }
     }
@@ -160,6 +184,10 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = default_threads())]
         threads: usize,
+        /// Memory for decompressed spans of gzip/zstd layers, shared by all
+        /// readers (K/M/G).
+        #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+        span_cache: u64,
         /// Log file for the background server (default: none).
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
@@ -193,6 +221,26 @@ enum Cmd {
         /// Report every file's group as this gid.
         #[arg(long, value_name = "GID", conflicts_with = "squash_to_root")]
         squash_to_gid: Option<u32>,
+    },
+    /// Show what the index cache holds (layer indexes, seek tables of
+    /// compressed layers, digest records) and prune it. Everything in it can be
+    /// rebuilt from the layers.
+    Cache {
+        /// The cache directory [default: $XDG_CACHE_HOME/unionfs or ~/.cache/unionfs].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Remove everything.
+        #[arg(long)]
+        prune_all: bool,
+        /// Remove files unused for more than DAYS days.
+        #[arg(long, value_name = "DAYS")]
+        older_than: Option<u64>,
+        /// Remove the least recently used files until at most SIZE remain (K/M/G).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Unmount a unionfs mount.
     #[command(alias = "unmount")]
@@ -313,6 +361,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             foreground,
             options,
             threads,
+            span_cache,
             log_file,
             upper,
             work,
@@ -382,9 +431,17 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough)"),
                 }
             }
+            unionfs::blob::decoded::set_cache_bytes(span_cache);
             mount::run(&cfg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Cache {
+            cache_dir,
+            prune_all,
+            older_than,
+            max_size,
+            json,
+        } => cache_cmd(cache_dir, prune_all, older_than, max_size, json),
         Cmd::Umount { mountpoint, lazy } => {
             mount::unmount(&mountpoint, lazy)?;
             Ok(ExitCode::SUCCESS)
@@ -572,6 +629,16 @@ fn print_index_summary(layer: &TarLayer, total: std::time::Duration) -> Result<(
         idx.tar_size,
         idx.members.len()
     )?;
+    if layer.blob().encoding() != "tar" {
+        writeln!(
+            out,
+            "  encoding:  {}, {} bytes ({:.1}% of the tar), {} spans (random reads start at one)",
+            layer.blob().encoding(),
+            layer.source().len(),
+            100.0 * layer.source().len() as f64 / idx.tar_size.max(1) as f64,
+            layer.blob().spans()
+        )?;
+    }
     let how = if layer.source.built {
         "scanned"
     } else {
@@ -664,6 +731,9 @@ fn index_image(args: &ImageArgs, cache: &CacheArgs, rebuild: bool, json: bool) -
                     "digest": d.digest,
                     "media_type": d.media_type,
                     "size": d.size,
+                    "encoding": l.blob().encoding(),
+                    "spans": l.blob().spans(),
+                    "tar_size": l.blob().len(),
                     "path": d.name.to_string_lossy(),
                     "entries": l.index.entries.len(),
                     "counts": c.kinds,
@@ -722,6 +792,15 @@ fn index_image(args: &ImageArgs, cache: &CacheArgs, rebuild: bool, json: bool) -
             writeln!(out, "    blob:    {dg}")?;
         }
         writeln!(out, "    type:    {}, {} bytes", d.media_type, d.size)?;
+        if l.blob().encoding() != "tar" {
+            writeln!(
+                out,
+                "    stored:  {}, {} spans, {} bytes uncompressed",
+                l.blob().encoding(),
+                l.blob().spans(),
+                l.blob().len()
+            )?;
+        }
         writeln!(
             out,
             "    entries: {} ({}), {} bytes of file data",
@@ -772,5 +851,78 @@ fn verify_image(args: &ImageArgs, cache: &CacheArgs) -> Result<ExitCode> {
         );
     }
     println!("{}: {} layers verified", img.source.display(), layers.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache_cmd(
+    dir: Option<PathBuf>,
+    all: bool,
+    older_than: Option<u64>,
+    max_size: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    use unionfs::cache;
+    let dir = dir
+        .or_else(IndexOptions::default_cache_dir)
+        .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?;
+    let pruned = if all || older_than.is_some() || max_size.is_some() {
+        let age = older_than.map(|d| std::time::Duration::from_secs(d * 86_400));
+        Some(
+            cache::prune(&dir, all, age, max_size)
+                .with_context(|| format!("pruning {}", dir.display()))?,
+        )
+    } else {
+        None
+    };
+    let entries = cache::list(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut by_kind = std::collections::BTreeMap::<cache::Kind, (u64, u64)>::new();
+    for e in &entries {
+        let k = by_kind.entry(e.kind).or_default();
+        k.0 += 1;
+        k.1 += e.size;
+    }
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    let mut out = io::stdout().lock();
+    if json {
+        let kinds: serde_json::Map<String, serde_json::Value> = by_kind
+            .iter()
+            .map(|(k, (n, b))| {
+                (
+                    k.word().replace(' ', "_"),
+                    serde_json::json!({"files": n, "bytes": b}),
+                )
+            })
+            .collect();
+        let v = serde_json::json!({
+            "dir": dir.to_string_lossy(),
+            "files": entries.len(),
+            "bytes": total,
+            "kinds": kinds,
+            "pruned": pruned.map(|p| serde_json::json!({"files": p.files, "bytes": p.bytes})),
+        });
+        writeln!(out, "{v}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(p) = pruned {
+        writeln!(out, "pruned {} files, {} bytes", p.files, p.bytes)?;
+    }
+    writeln!(
+        out,
+        "{}: {} files, {} bytes",
+        dir.display(),
+        entries.len(),
+        total
+    )?;
+    for (k, (n, b)) in &by_kind {
+        writeln!(out, "  {:<20} {n:>6} files {b:>14} bytes", k.word())?;
+    }
+    let mut big: Vec<&cache::Entry> = entries.iter().collect();
+    big.sort_by(|a, b| b.size.cmp(&a.size));
+    if !big.is_empty() {
+        writeln!(out, "largest:")?;
+        for e in big.iter().take(5) {
+            writeln!(out, "  {:>14}  {}", e.size, e.path.display())?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -224,6 +224,15 @@ impl Decoded {
         }
     }
 
+    /// Spans a read can start at: checkpoints or frames (1 for a plain blob).
+    pub fn spans(&self) -> usize {
+        match self {
+            Decoded::Plain(_) => 1,
+            Decoded::Gzip(c) => c.table.spans(),
+            Decoded::Zstd(c) => c.table.spans(),
+        }
+    }
+
     /// How the bytes are stored: `tar`, `gzip` or `zstd`.
     pub fn encoding(&self) -> &'static str {
         match self {
