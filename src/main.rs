@@ -917,7 +917,7 @@ fn cache_cmd(
         writeln!(out, "  {:<20} {n:>6} files {b:>14} bytes", k.word())?;
     }
     let mut big: Vec<&cache::Entry> = entries.iter().collect();
-    big.sort_by(|a, b| b.size.cmp(&a.size));
+    big.sort_by_key(|e| std::cmp::Reverse(e.size));
     if !big.is_empty() {
         writeln!(out, "largest:")?;
         for e in big.iter().take(5) {
