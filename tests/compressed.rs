@@ -333,3 +333,54 @@ proptest! {
         }
     }
 }
+
+/// A zstd layer of one big frame (what BuildKit and skopeo write) is served
+/// from a copy decompressed in the indexing pass, kept in the cache and
+/// checked like every other cached byte.
+#[test]
+fn a_single_frame_zstd_layer_is_served_from_a_decompressed_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let mut data = Vec::with_capacity(20 << 20);
+    let mut x: u32 = 1;
+    while data.len() < 20 << 20 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        data.extend_from_slice(format!("line {} of the big file\n", x >> 20).as_bytes());
+    }
+    let tar = Tar::new().file("big", &data).file("after", b"bye").finish();
+    std::fs::write(d.path().join("l.tar"), &tar).unwrap();
+    sh("zstd -q --rm l.tar", d.path());
+    let zst = d.path().join("l.tar.zst");
+    let cache = d.path().join("cache");
+    let l = open(&zst, 0, Some(&cache));
+    assert!(l.source.built);
+    assert_eq!(l.blob().encoding(), "tar", "served from the copy");
+    let copy = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "tar"))
+        .expect("the copy is kept in the cache");
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), tar.len() as u64);
+    assert_eq!(
+        read(&l, "big", 10 << 20, 5000),
+        &data[10 << 20..(10 << 20) + 5000]
+    );
+    drop(l);
+    let l = open(&zst, 0, Some(&cache));
+    assert!(!l.source.built, "index, seek table and copy loaded");
+    assert_eq!(read(&l, "after", 0, 10), b"bye");
+    drop(l);
+    // A copy changed behind our back is not trusted: the layer is decoded again.
+    let mut b = std::fs::read(&copy).unwrap();
+    b[1000] ^= 1;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&copy, b).unwrap();
+    let l = open(&zst, 0, Some(&cache));
+    assert!(l.source.built, "rebuilt");
+    assert_eq!(read(&l, "big", 0, 2000), &data[..2000]);
+    // Without a cache the copy is an unlinked temporary file.
+    let l = open(&zst, 0, None);
+    assert_eq!(
+        read(&l, "big", 15 << 20, 100),
+        &data[15 << 20..(15 << 20) + 100]
+    );
+}

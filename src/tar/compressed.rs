@@ -5,6 +5,7 @@
 //! Knows the order of that pass and where its results are kept; the
 //! decoding itself is `blob/`'s (this file never sees a deflate block).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -12,7 +13,7 @@ use super::{
     build_index, log_warnings, persist, store, IndexOptions, IndexSource, TarIdentity, TarLayer,
 };
 use crate::blob::seek::{self, Decoder, Encoding};
-use crate::blob::{self, Blob, Hashing};
+use crate::blob::{self, Blob, Decoded, Hashing};
 use crate::error::{Error, Result};
 use crate::tar::scan::UNKNOWN_LEN;
 
@@ -31,6 +32,71 @@ pub(super) struct Keys<'a> {
     pub blob_digest: Option<&'a str>,
     /// The digest the tar must have (the diffID).
     pub diff_id: Option<&'a str>,
+    /// Where a decompressed copy is kept, for a blob served from one
+    /// ([`seek::keep_copy`]); `None`: no cache, an unlinked temporary file.
+    pub copy_file: Option<PathBuf>,
+}
+
+/// What the digest record of a loose layer's decompressed copy claims: only
+/// that the file is the one written (its identity), as for loose indexes.
+const COPY_CLAIM: &str = "decompressed-copy";
+
+/// The file a zstd pass writes the uncompressed stream to; removed when
+/// dropped unless kept.
+struct Copy {
+    file: Option<File>,
+    /// The temporary name it has until it is kept (`None`: unlinked).
+    tmp: Option<PathBuf>,
+}
+
+impl Copy {
+    fn create(dest: Option<&Path>) -> std::io::Result<Copy> {
+        let tmp = match dest {
+            Some(d) => {
+                if let Some(dir) = d.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                persist::temp_name(d)
+            }
+            None => persist::temp_name(&std::env::temp_dir().join("unionfs-layer.tar")),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut c = Copy {
+            file: Some(file),
+            tmp: Some(tmp),
+        };
+        if dest.is_none() {
+            // No cache: the copy lives as long as the process holds it.
+            std::fs::remove_file(c.tmp.take().expect("just set"))?;
+        }
+        Ok(c)
+    }
+
+    fn sink(&self) -> std::io::Result<File> {
+        self.file.as_ref().expect("not kept yet").try_clone()
+    }
+
+    /// Makes the copy durable under `dest` (if any) and returns it as a blob.
+    fn keep(mut self, dest: Option<&Path>) -> std::io::Result<Blob> {
+        let file = self.file.take().expect("kept once");
+        if let (Some(tmp), Some(d)) = (self.tmp.take(), dest) {
+            file.sync_data()?;
+            std::fs::rename(tmp, d)?;
+        }
+        Blob::whole(file)
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 impl Keys<'_> {
@@ -71,9 +137,23 @@ pub(super) fn open(
             Err(why) => rejected = Some(why),
         }
     }
-    // One pass: blob bytes → (digest) → decoder → (diffID) → tar scanner.
+    // One pass: blob bytes → (digest) → decoder → (diffID) → tar scanner;
+    // a zstd decoder also writes a copy, kept if its frames are too big.
+    let copy = match enc {
+        Encoding::Zstd => {
+            let dest = k.copy_file.as_deref();
+            let c = Copy::create(dest)
+                .map_err(|e| Error::io(dest.unwrap_or(Path::new("a temporary file")), e))?;
+            Some(c)
+        }
+        _ => None,
+    };
+    let sink = match &copy {
+        Some(c) => Some(c.sink().map_err(|e| Error::io(name, e))?),
+        None => None,
+    };
     let src_h = Hashing::new_if(&src, k.blob_digest.is_some());
-    let dec = Decoder::new(enc, &src_h, opts.spacing()).map_err(|e| Error::io(name, e))?;
+    let dec = Decoder::new(enc, &src_h, opts.spacing(), sink).map_err(|e| Error::io(name, e))?;
     let out_h = Hashing::new_if(&dec, k.diff_id.is_some());
     let progress = blob::progress::Progress::start(name, &src_h, &out_h, src.len(), opts.quiet);
     let built = build_index(name, &out_h, UNKNOWN_LEN);
@@ -125,6 +205,23 @@ pub(super) fn open(
         index.members = Vec::new();
     }
     index.shrink_to_fit();
+    let blob = match copy {
+        Some(c) if seek::keep_copy(&table) => {
+            let dest = k.copy_file.as_deref();
+            let b = c
+                .keep(dest)
+                .map_err(|e| Error::io(dest.unwrap_or(name), e))?;
+            if dest.is_some() {
+                // Just written from bytes that passed their digests: its
+                // identity now is the one to trust (it was written after
+                // `started`, so it would count as "racy" against it).
+                let now = SystemTime::now() + std::time::Duration::from_millis(100);
+                blob::verified::record(cache, &b, k.diff_id.unwrap_or(COPY_CLAIM), now);
+            }
+            Decoded::Plain(b)
+        }
+        _ => table.into_decoded(src),
+    };
     log::info!(
         target: "unionfs::tar",
         "{}: {} layer, {} bytes decoded into {} spans in {:.2} s",
@@ -133,14 +230,14 @@ pub(super) fn open(
             Encoding::Gzip => "gzip",
             _ => "zstd",
         },
-        table.out_len(),
-        table.spans(),
+        blob.len(),
+        blob.spans(),
         start.elapsed().as_secs_f64()
     );
     Ok(TarLayer {
         path: name.to_owned(),
         label,
-        blob: table.into_decoded(src),
+        blob,
         index,
         source: IndexSource {
             built: true,
@@ -198,11 +295,19 @@ fn cached(
         }
     }
     index.tar_size = table.out_len();
+    let blob = if seek::keep_copy(&table) {
+        match cached_copy(name, k, table.out_len(), opts, started)? {
+            Ok(b) => Decoded::Plain(b),
+            Err(why) => return Ok(Err(why)),
+        }
+    } else {
+        table.into_decoded(src.clone())
+    };
     log_warnings(name, &index);
     Ok(Ok(TarLayer {
         path: name.to_owned(),
         label: String::new(),
-        blob: table.into_decoded(src.clone()),
+        blob,
         index,
         source: IndexSource {
             built: false,
@@ -211,4 +316,48 @@ fn cached(
             rejected: None,
         },
     }))
+}
+
+/// The stored decompressed copy of a blob whose frames are too big to serve,
+/// if it is there and still the bytes written (`Ok(Err(why))` if not).
+fn cached_copy(
+    name: &Path,
+    k: &Keys,
+    out_len: u64,
+    opts: &IndexOptions,
+    started: SystemTime,
+) -> Result<std::result::Result<Blob, String>> {
+    let cache = opts.cache_dir.as_deref();
+    let Some(cf) = &k.copy_file else {
+        return Ok(Err("no decompressed copy".into()));
+    };
+    let f = match File::open(cf) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err("the decompressed copy is gone".into()))
+        }
+        Err(e) => return Err(Error::io(cf, e)),
+    };
+    let b = Blob::whole(f).map_err(|e| Error::io(cf, e))?;
+    if b.len() != out_len {
+        return Ok(Err("the decompressed copy has the wrong size".into()));
+    }
+    let claim = k.diff_id.unwrap_or(COPY_CLAIM);
+    if !blob::verified::is_verified(cache, &b, claim) {
+        let Some(want) = k.diff_id else {
+            return Ok(Err("the decompressed copy changed".into()));
+        };
+        let got = blob::sha256(&b).map_err(|e| Error::io(cf, e))?;
+        if !want.eq_ignore_ascii_case(&got) {
+            log::warn!(
+                target: "unionfs::tar",
+                "{}: {} does not match the diffID; decompressing again",
+                name.display(),
+                cf.display()
+            );
+            return Ok(Err("the decompressed copy does not match the diffID".into()));
+        }
+        blob::verified::record(cache, &b, want, started);
+    }
+    Ok(Ok(b))
 }

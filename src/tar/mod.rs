@@ -167,6 +167,7 @@ impl TarLayer {
                 index_id: Some(id),
                 blob_digest: None,
                 diff_id: None,
+                copy_file: key("tar"),
             };
             return compressed::open(path, label, blob, enc, &keys, opts);
         }
@@ -303,6 +304,10 @@ impl TarLayer {
                 index_id: None,
                 blob_digest,
                 diff_id: Some(diff_id),
+                copy_file: cache.map(|d| {
+                    d.join("blobs")
+                        .join(format!("sha256-{}.tar", hexpart.to_ascii_lowercase()))
+                }),
             };
             return compressed::open(name, label, blob, enc, &keys, opts);
         }
