@@ -1,7 +1,11 @@
 //! `unionfs --image`: one small multi-layer image, built with umoci by
 //! `tools/image-fixtures`, in every container-image form (OCI layout, OCI
 //! archive, skopeo's docker-archive, Docker 20.10's `docker save`, Docker 25's
-//! save, a containerd-store export, a two-image `docker save`), mounted by the
+//! save, a containerd-store export, a two-image `docker save`) and with its
+//! layers compressed as real tools write them (umoci's gzip layout, an OCI
+//! archive with gzip layers, skopeo's single-frame zstd, multi-frame zstd,
+//! multi-member gzip cut as eStargz cuts it, a containerd export with gzip
+//! layers), mounted by the
 //! `unionfs` binary and compared with the tree `umoci unpack` extracts from
 //! the same image: names, types, permission bits, owners, sizes, contents,
 //! symlink targets, devices, xattrs, file mtimes and hard-link groups. `unionfs
@@ -9,7 +13,7 @@
 //! `--platform`, and the broken inputs of `bad/`, each refused with one line
 //! naming the archive and the problem, nothing mounted.
 //!
-//! Needs root, FUSE, and umoci, skopeo, docker.io (dockerd) and tar for the
+//! Needs root, FUSE, and umoci, skopeo, docker.io (dockerd), zstd, pigz and tar for the
 //! fixtures, which are built once into /var/tmp/unionfs-image-fixtures/KEY
 //! (KEY: a hash of the script, so a changed script rebuilds them). Nothing
 //! here skips: a missing tool, binary or feature fails the tests loudly.
@@ -852,6 +856,14 @@ forms! {
     containerd_export: "containerd.tar" => Oracle::App;
     multi_app_by_name: "multi.tar:example/app:v1" => Oracle::App;
     multi_other_by_name: "multi.tar:example/other:v2" => Oracle::Other;
+    // Compressed layers.
+    oci_gzip_umoci: "oci-gzip" => Oracle::App;
+    umoci_gzip_layout_v2: "umoci-gzip:v2" => Oracle::Other;
+    oci_gzip_archive: "oci-gzip.tar" => Oracle::App;
+    oci_zstd_skopeo: "oci-zstd" => Oracle::App;
+    oci_zstd_multiframe: "oci-zstd-multiframe" => Oracle::App;
+    oci_gzip_multimember: "oci-gzip-multimember" => Oracle::App;
+    containerd_export_gzip: "containerd-gzip.tar" => Oracle::App;
 }
 
 // ---------------------------------------------------------------------------
@@ -948,6 +960,15 @@ fn ref_by_tag_and_name_in_every_single_image_form() {
             "containerd.tar",
             &["v1", "example/app:v1", "docker.io/example/app:v1"],
         ),
+        ("oci-gzip", &["v1"]),
+        ("oci-gzip.tar", &["v1"]),
+        ("oci-zstd", &["v1"]),
+        ("oci-zstd-multiframe", &["v1"]),
+        ("oci-gzip-multimember", &["v1"]),
+        (
+            "containerd-gzip.tar",
+            &["v1", "example/app:v1", "docker.io/example/app:v1"],
+        ),
     ] {
         for r in refs {
             assert_selects(&format!("{}:{r}", fx(form)), &[], Oracle::App);
@@ -970,6 +991,17 @@ fn ref_by_manifest_digest() {
     let index = meta_str(&["containerd", "index"]);
     assert_selects(
         &format!("{}:@{index}", fx("containerd.tar")),
+        &[],
+        Oracle::App,
+    );
+    // umoci's own manifest (gzip layers), kept as is by the copy and by skopeo.
+    let gzip = meta_str(&["gzip", "manifest"]);
+    for form in ["oci-gzip", "oci-gzip.tar", "umoci-gzip"] {
+        assert_selects(&format!("{}:@{gzip}", fx(form)), &[], Oracle::App);
+    }
+    let index = meta_str(&["containerd_gzip", "index"]);
+    assert_selects(
+        &format!("{}:@{index}", fx("containerd-gzip.tar")),
         &[],
         Oracle::App,
     );
@@ -1113,8 +1145,18 @@ bad! {
         => &["digest"];
     platform_whose_blobs_are_absent: "containerd.tar", &["--platform", "linux/arm64"], "containerd.tar"
         => &["missing", "not found", "no such", "lacks", "absent"];
-    gzip_layers_not_supported_yet: "bad/gzip-oci", &[], "gzip-oci"
-        => &["gzip", "compress"];
+    containerd_gzip_platform_whose_blobs_are_absent: "containerd-gzip.tar", &["--platform", "linux/arm64"],
+        "containerd-gzip.tar" => &["missing", "not found", "no such", "lacks", "absent"];
+    gzip_trailer_crc_flipped: "bad/gzip-crc", &[], "gzip-crc"
+        => &["digest", "crc"];
+    gzip_header_byte_flipped_blob_digest: "bad/gzip-blob-digest", &[], "gzip-blob-digest"
+        => &["digest"];
+    gzip_layer_does_not_decompress_to_its_diff_id: "bad/gzip-diffid", &[], "gzip-diffid"
+        => &["diff"];
+    gzip_layer_truncated: "bad/gzip-truncated", &[], "gzip-truncated"
+        => &["truncated", "offset"];
+    bzip2_layer: "bad/bzip2-layer.tar", &[], "bzip2-layer.tar"
+        => &["bzip2"];
 }
 
 /// The comparison is not vacuous: v1's mount against v2's reference, and
@@ -1164,27 +1206,238 @@ fn comparison_is_not_vacuous() {
 
 #[test]
 fn verify_detects_a_layer_that_does_not_match_its_diff_id() {
+    for (form, keywords) in [
+        ("diffid-mismatch.tar", &["diff"][..]),
+        ("gzip-diffid", &["diff"]),
+        ("gzip-crc", &["digest", "crc"]),
+        ("gzip-blob-digest", &["digest"]),
+        ("gzip-truncated", &["truncated", "offset"]),
+    ] {
+        let dir = scratch();
+        let out = unionfs(
+            &["verify", "--image", &fx(&format!("bad/{form}"))],
+            dir.path(),
+        );
+        assert!(
+            !out.status.success(),
+            "`{}` passed:\n{}",
+            out.cmd,
+            out.stdout
+        );
+        let said = format!("{}{}", out.stdout, out.stderr)
+            .replace(form, "")
+            .to_lowercase();
+        assert!(
+            keywords.iter().any(|k| said.contains(k)),
+            "`{}`: should say one of {keywords:?}: {}{}",
+            out.cmd,
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+/// Broken compressed layers share their diffIDs with the good ones (the
+/// config is the same): with one index cache, refusing them leaves nothing
+/// a good image would then use (an index of the wrong bytes under the
+/// diffID), and a good image indexed first does not let them through.
+#[test]
+fn broken_layers_do_not_poison_a_shared_cache() {
     let dir = scratch();
-    let out = unionfs(
-        &["verify", "--image", &fx("bad/diffid-mismatch.tar")],
-        dir.path(),
-    );
-    assert!(
-        !out.status.success(),
-        "`{}` passed:\n{}",
-        out.cmd,
-        out.stdout
-    );
-    assert!(
-        format!("{}{}", out.stdout, out.stderr)
-            .replace("diffid-mismatch.tar", "")
-            .to_lowercase()
-            .contains("diff"),
-        "`{}`: {}{}",
-        out.cmd,
-        out.stdout,
-        out.stderr
-    );
+    let bad = [
+        "bad/gzip-diffid",
+        "bad/gzip-crc",
+        "bad/gzip-blob-digest",
+        "bad/gzip-truncated",
+        "bad/diffid-mismatch.tar",
+    ];
+    let refuse = |form: &str| {
+        if let Ok(m) = ImageMount::new(&fx(form), &[], dir.path()) {
+            m.umount();
+            panic!("{form} was mounted with a shared cache; it must be refused");
+        }
+    };
+    let good = |form: &str| {
+        let m = ImageMount::mount(&fx(form), &[], dir.path());
+        let d = diff(Oracle::App.tree(), &dump(&m.path));
+        m.umount();
+        assert!(
+            d.is_empty(),
+            "{form} after broken forms, one cache, differs from umoci unpack:\n  {}",
+            d.join("\n  ")
+        );
+    };
+    bad.iter().for_each(|f| refuse(f));
+    good("oci-gzip");
+    bad.iter().for_each(|f| refuse(f));
+    good("oci-gzip-multimember");
+    good("oci");
+    bad.iter().for_each(|f| refuse(f));
+}
+
+/// Reads `len` bytes at `off` (fewer only at the end of the file).
+fn read_at_full(f: &fs::File, off: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut n = 0;
+    while n < len {
+        match f.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => panic!("pread({off}+{n}): {e}"),
+        }
+    }
+    buf.truncate(n);
+    buf
+}
+
+/// Random access into compressed layers: preads of the 1.5 MiB file (in
+/// layers 0 and 3) at and around every 64 KiB (the multi-frame zstd frames;
+/// gzip checkpoints with `--checkpoint-spacing 64K`) and at pseudo-random
+/// offsets, in shuffled order, from four threads at once, with a span cache
+/// smaller than the file, return the reference's bytes.
+#[test]
+fn random_reads_of_compressed_layers() {
+    let want = fs::read(fixtures().join("rootfs/big/blob.bin")).unwrap();
+    let len = want.len() as u64;
+    for form in [
+        "oci-gzip",
+        "oci-zstd",
+        "oci-zstd-multiframe",
+        "oci-gzip-multimember",
+        "containerd-gzip.tar",
+    ] {
+        let dir = scratch();
+        let m = ImageMount::mount(
+            &fx(form),
+            &["--span-cache", "256K", "--checkpoint-spacing", "64K"],
+            dir.path(),
+        );
+        let path = m.path.join("big/blob.bin");
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (path, want) = (&path, &want);
+                s.spawn(move || {
+                    let f = fs::File::open(path).unwrap();
+                    let mut offs: Vec<u64> = vec![0, len - 1, len, len + 10];
+                    for k in 1..=len / 65536 {
+                        offs.extend([k * 65536 - 1000, k * 65536 - 1, k * 65536, k * 65536 + 1]);
+                    }
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                    let mut next = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    offs.extend((0..200).map(|_| next() % len));
+                    for i in (1..offs.len()).rev() {
+                        offs.swap(i, (next() % (i as u64 + 1)) as usize);
+                    }
+                    for off in offs {
+                        let n = [1usize, 512, 4096, 70_000, 300_000][(next() % 5) as usize];
+                        let got = read_at_full(&f, off, n);
+                        let lo = (off.min(len)) as usize;
+                        let hi = (off + n as u64).min(len) as usize;
+                        assert!(
+                            got == want[lo..hi],
+                            "{form}: pread of {n} bytes at {off} of big/blob.bin: {} bytes, \
+                             not the reference's {}",
+                            got.len(),
+                            hi - lo
+                        );
+                    }
+                });
+            }
+        });
+        m.umount();
+    }
+}
+
+/// A writable mount of compressed layers copies a file up whole from its
+/// compressed blob (an append to the 1.5 MiB file; a chmod of a small one).
+#[test]
+fn writable_mount_of_compressed_layers_copies_up() {
+    let reference = fixtures().join("rootfs");
+    for form in ["oci-zstd-multiframe", "oci-gzip"] {
+        let dir = scratch();
+        let upper = dir.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let up = upper.display().to_string();
+        let m = ImageMount::mount(&fx(form), &["--upper", &up], dir.path());
+        let mut want = fs::read(reference.join("big/blob.bin")).unwrap();
+        {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(m.path.join("big/blob.bin"))
+                .unwrap();
+            f.write_all(b"appended\n").unwrap();
+        }
+        want.extend_from_slice(b"appended\n");
+        fs::set_permissions(
+            m.path.join("etc/hello.txt"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(
+            fs::read(m.path.join("big/blob.bin")).unwrap() == want,
+            "{form}: through the mount"
+        );
+        m.umount();
+        assert!(
+            fs::read(upper.join("big/blob.bin")).unwrap() == want,
+            "{form}: the upper's copy"
+        );
+        let md = fs::metadata(upper.join("big/blob.bin")).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (2000, 2000),
+            "{form}: copy-up keeps the owner"
+        );
+        assert_eq!(
+            fs::read(upper.join("etc/hello.txt")).unwrap(),
+            fs::read(reference.join("etc/hello.txt")).unwrap(),
+            "{form}: a chmod copies the data up too"
+        );
+        assert_eq!(
+            fs::metadata(upper.join("etc/hello.txt")).unwrap().mode() & 0o7777,
+            0o600
+        );
+    }
+}
+
+/// One index cache for every form of the image, mounted one after the
+/// other: the layer indexes are shared by diffID, while the blobs differ
+/// (plain, gzip of one member or many, zstd of one frame or many), so each
+/// mount must read its own blob through its own seek table, never another
+/// form's offsets. Every mount shows the reference tree.
+#[test]
+fn one_cache_serves_every_form_of_the_same_layers() {
+    let dir = scratch();
+    for form in [
+        "oci",
+        "oci-gzip",
+        "oci-zstd",
+        "oci-gzip-multimember",
+        "oci-zstd-multiframe",
+        "oci.tar",
+        "oci-gzip.tar",
+        "containerd-gzip.tar",
+        "docker-save.tar",
+        "oci-gzip",
+    ] {
+        let m = ImageMount::mount(&fx(form), &[], dir.path());
+        let d = diff(Oracle::App.tree(), &dump(&m.path));
+        m.umount();
+        assert!(
+            d.is_empty(),
+            "{form}, mounted with the cache of the forms before it, differs from umoci \
+             unpack, {} difference(s):\n  {}",
+            d.len(),
+            d.join("\n  ")
+        );
+    }
 }
 
 /// The fixtures are what they claim: every form's layers are the same four
@@ -1200,6 +1453,12 @@ fn fixtures_have_the_expected_shape() {
         "docker25.tar",
         "containerd.tar",
         "multi.tar",
+        "oci-gzip/index.json",
+        "oci-gzip.tar",
+        "oci-zstd/index.json",
+        "oci-zstd-multiframe/index.json",
+        "oci-gzip-multimember/index.json",
+        "containerd-gzip.tar",
         "rootfs/etc/hello.txt",
         "rootfs-other/opq/four",
         "bad/README.txt",
@@ -1238,4 +1497,87 @@ fn fixtures_have_the_expected_shape() {
         "{multi}"
     );
     assert_eq!(meta()["app"]["diff_ids"].as_array().unwrap().len(), 4);
+}
+
+/// The compressed forms are compressed as they claim: in each OCI layout
+/// every layer blob starts with the magic bytes of its media type's
+/// compression, and (counted by the script, which decompressed every layer
+/// and checked it against its diffID) single-frame / single-member forms have
+/// one piece per layer, the multi-piece forms many in their large layers.
+#[test]
+fn compressed_fixtures_are_compressed_as_claimed() {
+    let dir = fixtures();
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let zstd = "application/vnd.oci.image.layer.v1.tar+zstd";
+    for (layout, media, magic) in [
+        ("oci-gzip", gzip, &[0x1f, 0x8b][..]),
+        ("oci-zstd", zstd, &[0x28, 0xb5, 0x2f, 0xfd]),
+        ("oci-zstd-multiframe", zstd, &[0x28, 0xb5, 0x2f, 0xfd]),
+        ("oci-gzip-multimember", gzip, &[0x1f, 0x8b]),
+    ] {
+        let root = dir.join(layout);
+        let blob = |digest: &str| {
+            let p = root
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:"));
+            fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let index: Value =
+            serde_json::from_slice(&fs::read(root.join("index.json")).unwrap()).unwrap();
+        let manifests = index["manifests"].as_array().unwrap();
+        assert_eq!(manifests.len(), 1, "{layout}: one image");
+        let man: Value =
+            serde_json::from_slice(&blob(manifests[0]["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            man["config"]["digest"].as_str(),
+            Some(meta_str(&["app", "config"]).as_str()),
+            "{layout}: the config is umoci's, unchanged"
+        );
+        let layers = man["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 4, "{layout}");
+        for (i, l) in layers.iter().enumerate() {
+            assert_eq!(l["mediaType"].as_str(), Some(media), "{layout}: layer {i}");
+            let b = blob(l["digest"].as_str().unwrap());
+            assert!(
+                b.starts_with(magic),
+                "{layout}: layer {i} starts {:02x?}",
+                &b[..4]
+            );
+            assert_eq!(
+                format!("sha256:{:x}", Sha256::digest(&b)),
+                l["digest"].as_str().unwrap(),
+                "{layout}: layer {i}"
+            );
+        }
+    }
+    let shapes = &meta()["compressed"];
+    let pieces = |form: &str| -> Vec<u64> {
+        shapes[form]
+            .as_array()
+            .unwrap_or_else(|| panic!("image.json: no compressed.{form}"))
+            .iter()
+            .map(|l| l["pieces"].as_u64().unwrap())
+            .collect()
+    };
+    for form in [
+        "oci-gzip",
+        "oci-gzip.tar",
+        "oci-zstd",
+        "containerd-gzip.tar",
+    ] {
+        assert_eq!(
+            pieces(form),
+            [1, 1, 1, 1],
+            "{form}: one gzip member / zstd frame per layer"
+        );
+    }
+    // Layers 0 and 3 hold the 1.5 MiB file: 64 KiB frames, members per entry and per 64 KiB.
+    for form in ["oci-zstd-multiframe", "oci-gzip-multimember"] {
+        let p = pieces(form);
+        assert!(p[0] > 20 && p[3] > 20, "{form}: pieces per layer {p:?}");
+    }
+    assert!(
+        pieces("oci-gzip-multimember").iter().all(|&n| n > 2),
+        "every multi-member gzip layer has several members"
+    );
 }
