@@ -80,10 +80,15 @@ fn fixtures() -> &'static Path {
         let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
         assert_eq!(r, 0, "flock {}/.lock", root.display());
         let dir = root.join(&key[..16]);
-        // Fixtures of older versions of the script.
+        // Fixtures of older versions of the script, unused for a day (a
+        // checkout of another version may be testing with its own now).
         for e in fs::read_dir(root).unwrap().flatten() {
             let n = e.file_name();
-            if n != OsStr::new(&key[..16]) && n != ".lock" && e.path().is_dir() {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86_400));
+            if n != OsStr::new(&key[..16]) && n != ".lock" && e.path().is_dir() && stale {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
