@@ -146,11 +146,14 @@ fn bad_layers_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let gz = dir.path().join("layer.tar.gz");
     std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+    let bz = dir.path().join("layer.tar.bz2");
+    std::fs::write(&bz, b"BZh91AY&SY").unwrap();
     let empty = dir.path().join("empty.tar");
     std::fs::write(&empty, b"").unwrap();
     let missing = dir.path().join("missing.tar");
-    let cases: [(&Path, &str); 4] = [
-        (&gz, "gzip-compressed"),
+    let cases: [(&Path, &str); 5] = [
+        (&gz, "offset 10: truncated"),
+        (&bz, "bzip2-compressed"),
         (&empty, "empty"),
         (&missing, "No such file"),
         (dir.path(), "is a directory"),
