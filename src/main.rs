@@ -45,7 +45,7 @@ struct CacheArgs {
     no_cache: bool,
     /// Uncompressed bytes between gzip checkpoints (K/M/G suffixes): smaller
     /// makes random reads of gzip layers cheaper and the index larger.
-    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_size)]
     checkpoint_spacing: u64,
     /// No progress line while a compressed layer is indexed.
     #[arg(short, long)]
@@ -432,6 +432,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 }
             }
             unionfs::blob::decoded::set_cache_bytes(span_cache);
+            unionfs::sys::large_allocations_mapped(1 << 20);
             mount::run(&cfg)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -23,7 +23,7 @@ use super::zstd::FrameTable;
 use super::Blob;
 use crate::tar::scan::ReadAt;
 
-/// Default bound of the span cache: 16 spans of the default 4 MiB gzip
+/// Default bound of the span cache: 32 spans of the default 2 MiB gzip
 /// spacing — two sequential readers per FUSE worker thread of a 2-core
 /// machine each keep their current and next span, with room to spare for
 /// small files read at random.

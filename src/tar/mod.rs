@@ -44,8 +44,11 @@ pub struct IndexOptions {
     pub quiet: bool,
 }
 
-/// Default gzip checkpoint spacing: indexed_gzip's and SOCI's 4 MiB.
-pub const DEFAULT_SPACING: u64 = 4 << 20;
+/// Default gzip checkpoint spacing, measured on a 1.3 GB tar.gz (gzip -6):
+/// 4 MiB (indexed_gzip's and SOCI's) gives a 0.3 % seek table but cold
+/// random 4 KiB reads of p50 9 ms / p99 24 ms; 2 MiB: 0.6 %, 4 / 9-15 ms;
+/// 1 MiB: 1.2 % (over the 1 % budget), 2 / 8 ms.
+pub const DEFAULT_SPACING: u64 = 2 << 20;
 
 impl IndexOptions {
     /// The gzip checkpoint spacing to use.
