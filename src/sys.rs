@@ -622,6 +622,25 @@ pub fn path_truncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes every heap allocation of at least `bytes` its own mapping, returned
+/// to the kernel when freed. glibc otherwise raises this threshold after the
+/// first large free and serves later large blocks from per-thread arenas,
+/// which keep freed memory: a mount whose span cache cycles 2 MiB spans of
+/// gzip layers held twice its cache (160 MB peak for a 64 MiB cache, 83 MB
+/// with a fixed 1 MiB threshold).
+pub fn large_allocations_mapped(bytes: usize) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; any value is valid.
+    unsafe {
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            bytes.min(i32::MAX as usize) as libc::c_int,
+        );
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = bytes;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -741,23 +760,4 @@ mod tests {
         drop(a);
         flock_exclusive(b.as_fd()).unwrap();
     }
-}
-
-/// Makes every heap allocation of at least `bytes` its own mapping, returned
-/// to the kernel when freed. glibc otherwise raises this threshold after the
-/// first large free and serves later large blocks from per-thread arenas,
-/// which keep freed memory: a mount whose span cache cycles 2 MiB spans of
-/// gzip layers held twice its cache (160 MB peak for a 64 MiB cache, 83 MB
-/// with a fixed 1 MiB threshold).
-pub fn large_allocations_mapped(bytes: usize) {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; any value is valid.
-    unsafe {
-        libc::mallopt(
-            libc::M_MMAP_THRESHOLD,
-            bytes.min(i32::MAX as usize) as libc::c_int,
-        );
-    }
-    #[cfg(not(target_env = "gnu"))]
-    let _ = bytes;
 }
