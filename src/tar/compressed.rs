@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use super::{
-    build_index, log_warnings, persist, store, IndexOptions, IndexSource, TarIdentity, TarLayer,
+    build_index, log_warnings, persist, Built, IndexOptions, IndexSource, TarIdentity, TarLayer,
 };
 use crate::blob::seek::{self, Decoder, Encoding};
 use crate::blob::{self, Blob, Decoded, Hashing};
@@ -181,30 +181,29 @@ pub(super) fn open(
     if let Some(c) = k.claim() {
         blob::verified::record(cache, &src, c, started);
     }
-    let mut kept = None;
-    if let (Some(xf), Some(sf)) = (&k.index_file, &k.seek_file) {
-        // A loose file changed just before this pass keeps a content
-        // checksum with its index, as a plain tar's does.
-        let racy_sum = k
-            .index_id
-            .filter(|id| super::racy(id, started))
-            .and_then(|_| persist::content_sum(src.file()).ok());
-        let stored = seek::save(sf, &table, &k.seek_id)
-            .and_then(|()| store(xf, &index, &k.index_identity(table.out_len()), racy_sum));
-        match stored {
-            Ok(()) => kept = Some(xf.clone()),
-            Err(e) => log::warn!(
-                target: "unionfs::tar",
-                "cannot store the index of {} in {}: {e} (it will be rebuilt next time)",
-                name.display(),
-                xf.display()
-            ),
-        }
-    }
-    if !opts.members {
-        index.members = Vec::new();
-    }
-    index.shrink_to_fit();
+    // A loose file changed just before this pass keeps a content checksum
+    // with its index, as a plain tar's does.
+    let racy_sum = k
+        .index_id
+        .filter(|id| super::racy(id, started))
+        .and_then(|_| persist::content_sum(src.file()).ok());
+    // The index is stored only with its seek table (one is useless alone).
+    let index_file = match (&k.index_file, &k.seek_file) {
+        (Some(xf), Some(sf)) => match seek::save(sf, &table, &k.seek_id) {
+            Ok(()) => Some(xf.clone()),
+            Err(e) => {
+                log::warn!(
+                    target: "unionfs::tar",
+                    "cannot store the seek table of {} in {}: {e} (it will be rebuilt next time)",
+                    name.display(),
+                    sf.display()
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let id = k.index_identity(table.out_len());
     let blob = match copy {
         Some(c) if seek::keep_copy(&table) => {
             let dest = k.copy_file.as_deref();
@@ -234,18 +233,16 @@ pub(super) fn open(
         blob.spans(),
         start.elapsed().as_secs_f64()
     );
-    Ok(TarLayer {
-        path: name.to_owned(),
+    let built = Built {
+        path: name,
         label,
-        blob,
-        index,
-        source: IndexSource {
-            built: true,
-            elapsed: start.elapsed(),
-            file: kept,
-            rejected,
-        },
-    })
+        index_file,
+        id,
+        racy_sum,
+        rejected,
+        start,
+    };
+    Ok(built.finish(blob, index, opts))
 }
 
 /// The layer from its stored seek table and index, if both are there and

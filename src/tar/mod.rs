@@ -205,48 +205,25 @@ impl TarLayer {
             }
         }
         let scan_start = std::time::SystemTime::now();
-        let mut index = build_index(path, &blob, id.size)?;
+        let index = build_index(path, &blob, id.size)?;
         log_warnings(path, &index);
-        let elapsed = start.elapsed();
-        let mut kept = None;
-        if let Some(f) = index_file {
-            // A tar changed just before indexing is stored with a content checksum
-            // that every load verifies (its identity alone could be stale).
-            let racy_sum = if racy(&id, scan_start) {
-                persist::content_sum(blob.file()).ok()
-            } else {
-                None
-            };
-            match store(&f, &index, &id, racy_sum) {
-                Ok(()) => kept = Some(f),
-                Err(e) => log::warn!(
-                    target: "unionfs::tar",
-                    "cannot store the index of {} in {}: {e} (it will be rebuilt next time)",
-                    path.display(),
-                    f.display()
-                ),
-            }
-        }
-        // Serve what a load from the cache would: without the member list
-        // unless asked for, and without the growth slack of the build (a
-        // 300k-entry layer: 37 -> 28 MiB of heap after a cold mount; a warm
-        // one holds 23 MiB).
-        if !opts.members {
-            index.members = Vec::new();
-        }
-        index.shrink_to_fit();
-        Ok(TarLayer {
-            path: path.to_owned(),
+        // A tar changed just before indexing is stored with a content checksum
+        // that every load verifies (its identity alone could be stale).
+        let racy_sum = if racy(&id, scan_start) {
+            persist::content_sum(blob.file()).ok()
+        } else {
+            None
+        };
+        let built = Built {
+            path,
             label,
-            blob: Decoded::Plain(blob),
-            index,
-            source: IndexSource {
-                built: true,
-                elapsed,
-                file: kept,
-                rejected,
-            },
-        })
+            index_file,
+            id,
+            racy_sum,
+            rejected,
+            start,
+        };
+        Ok(built.finish(Decoded::Plain(blob), index, opts))
     }
 
     /// Opens a layer known by its diffID (`sha256:<hex>` of the uncompressed
@@ -363,42 +340,23 @@ impl TarLayer {
         // One pass: the scanner reads headers, the hashing reader digests
         // every byte (the payloads the scanner skips included) in order.
         let hashing = blob::Hashing::new(&blob);
-        let mut index = build_index(name, &hashing, blob.len())?;
+        let index = build_index(name, &hashing, blob.len())?;
         let actual = hashing.finish().map_err(|e| Error::io(name, e))?;
         if !actual.eq_ignore_ascii_case(diff_id) {
             return Err(mismatch(actual));
         }
         blob::verified::record(cache, &blob, diff_id, started);
         log_warnings(name, &index);
-        let elapsed = start.elapsed();
-        let mut kept = None;
-        if let Some(f) = index_file {
-            match store(&f, &index, &id, None) {
-                Ok(()) => kept = Some(f),
-                Err(e) => log::warn!(
-                    target: "unionfs::tar",
-                    "cannot store the index of {} in {}: {e} (it will be rebuilt next time)",
-                    name.display(),
-                    f.display()
-                ),
-            }
-        }
-        if !opts.members {
-            index.members = Vec::new();
-        }
-        index.shrink_to_fit();
-        Ok(TarLayer {
-            path: name.to_owned(),
+        let built = Built {
+            path: name,
             label,
-            blob: Decoded::Plain(blob),
-            index,
-            source: IndexSource {
-                built: true,
-                elapsed,
-                file: kept,
-                rejected,
-            },
-        })
+            index_file,
+            id,
+            racy_sum: None,
+            rejected,
+            start,
+        };
+        Ok(built.finish(Decoded::Plain(blob), index, opts))
     }
 
     /// Reads file data of entry `id` at `off` into `buf`; returns bytes read
@@ -527,6 +485,58 @@ pub fn build_index<R: scan::ReadAt + ?Sized>(
         },
     })?;
     Ok(b.finish(scanned.members, scanned.end_off, size, scanned.warnings))
+}
+
+/// A layer whose index was just built: where to store it, and what to say
+/// of how it was obtained.
+struct Built<'a> {
+    path: &'a Path,
+    label: String,
+    index_file: Option<PathBuf>,
+    /// What the stored index must match at load.
+    id: TarIdentity,
+    racy_sum: Option<u64>,
+    rejected: Option<String>,
+    start: Instant,
+}
+
+impl Built<'_> {
+    /// Stores the index (a failure only costs a rebuild next time: logged)
+    /// and returns the layer, holding what a load from the cache would: no
+    /// member list unless asked for, no growth slack of the build (a
+    /// 300k-entry layer: 37 -> 28 MiB of heap after a cold mount; a warm one
+    /// holds 23 MiB).
+    fn finish(self, blob: Decoded, mut index: LayerIndex, opts: &IndexOptions) -> TarLayer {
+        let elapsed = self.start.elapsed();
+        let mut kept = None;
+        if let Some(f) = self.index_file {
+            match store(&f, &index, &self.id, self.racy_sum) {
+                Ok(()) => kept = Some(f),
+                Err(e) => log::warn!(
+                    target: "unionfs::tar",
+                    "cannot store the index of {} in {}: {e} (it will be rebuilt next time)",
+                    self.path.display(),
+                    f.display()
+                ),
+            }
+        }
+        if !opts.members {
+            index.members = Vec::new();
+        }
+        index.shrink_to_fit();
+        TarLayer {
+            path: self.path.to_owned(),
+            label: self.label,
+            blob,
+            index,
+            source: IndexSource {
+                built: true,
+                elapsed,
+                file: kept,
+                rejected: self.rejected,
+            },
+        }
+    }
 }
 
 fn store(f: &Path, index: &LayerIndex, id: &TarIdentity, racy_sum: Option<u64>) -> io::Result<()> {
