@@ -122,7 +122,7 @@ impl<T: SeekTable> Compressed<T> {
     }
 
     /// The uncompressed bytes of span `i`, from the cache or inflated now.
-    fn span(self: &Arc<Self>, i: usize) -> io::Result<Arc<[u8]>> {
+    fn span(self: &Arc<Self>, i: usize) -> io::Result<Arc<Vec<u8>>> {
         let slot = CACHE.slot(
             self.id,
             i,
@@ -131,7 +131,8 @@ impl<T: SeekTable> Compressed<T> {
         let got = slot.get_or_init(|| {
             self.table
                 .inflate(&self.src, i)
-                .map(Arc::from)
+                // Arc<Vec>, not Arc<[u8]>: no second 2 MiB allocation and copy.
+                .map(Arc::new)
                 .map_err(|e| (e.kind(), e.to_string()))
         });
         match got {
@@ -264,7 +265,7 @@ impl ReadAt for Decoded {
     }
 }
 
-type Slot = Arc<OnceLock<Result<Arc<[u8]>, (io::ErrorKind, String)>>>;
+type Slot = Arc<OnceLock<Result<Arc<Vec<u8>>, (io::ErrorKind, String)>>>;
 type Spans = LruCache<(u64, usize), (Slot, u64)>;
 
 /// The process-wide span cache: LRU by bytes.
