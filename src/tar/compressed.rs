@@ -9,9 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use super::{
-    build_index, log_warnings, persist, Built, IndexOptions, IndexSource, TarIdentity, TarLayer,
-};
+use super::{build_index, log_warnings, persist, Built, IndexOptions, TarIdentity, TarLayer};
 use crate::blob::seek::{self, Decoder, Encoding};
 use crate::blob::{self, Blob, Decoded, Hashing};
 use crate::error::{Error, Result};
@@ -300,19 +298,15 @@ fn cached(
     } else {
         table.into_decoded(src.clone())
     };
-    log_warnings(name, &index);
-    Ok(Ok(TarLayer {
-        path: name.to_owned(),
-        label: String::new(),
+    let file = Some(xf.to_owned());
+    Ok(Ok(TarLayer::loaded(
+        name,
+        String::new(),
         blob,
         index,
-        source: IndexSource {
-            built: false,
-            elapsed: std::time::Duration::ZERO,
-            file: Some(xf.to_owned()),
-            rejected: None,
-        },
-    }))
+        Instant::now(),
+        file,
+    )))
 }
 
 /// The stored decompressed copy of a blob whose frames are too big to serve,

@@ -180,19 +180,10 @@ impl TarLayer {
         if let (Some(f), false) = (&index_file, opts.rebuild) {
             match persist::load(f, file, &id, opts.members) {
                 Ok(Ok(index)) => {
-                    log_warnings(path, &index);
-                    return Ok(TarLayer {
-                        path: path.to_owned(),
-                        label,
-                        blob: Decoded::Plain(blob),
-                        index,
-                        source: IndexSource {
-                            built: false,
-                            elapsed: start.elapsed(),
-                            file: index_file,
-                            rejected: None,
-                        },
-                    });
+                    let blob = Decoded::Plain(blob);
+                    return Ok(TarLayer::loaded(
+                        path, label, blob, index, start, index_file,
+                    ));
                 }
                 Ok(Err(why)) => {
                     log::debug!(target: "unionfs::tar", "{}: {why}; re-indexing", f.display());
@@ -316,19 +307,10 @@ impl TarLayer {
                         }
                         blob::verified::record(cache, &blob, diff_id, started);
                     }
-                    log_warnings(name, &index);
-                    return Ok(TarLayer {
-                        path: name.to_owned(),
-                        label,
-                        blob: Decoded::Plain(blob),
-                        index,
-                        source: IndexSource {
-                            built: false,
-                            elapsed: start.elapsed(),
-                            file: index_file,
-                            rejected: None,
-                        },
-                    });
+                    let blob = Decoded::Plain(blob);
+                    return Ok(TarLayer::loaded(
+                        name, label, blob, index, start, index_file,
+                    ));
                 }
                 Ok(Err(why)) => rejected = Some(why),
                 Err(e) => {
@@ -357,6 +339,31 @@ impl TarLayer {
             start,
         };
         Ok(built.finish(Decoded::Plain(blob), index, opts))
+    }
+
+    /// A layer whose index was loaded from `file` (its warnings logged, as
+    /// a build logs them).
+    fn loaded(
+        path: &Path,
+        label: String,
+        blob: Decoded,
+        index: LayerIndex,
+        start: Instant,
+        file: Option<PathBuf>,
+    ) -> TarLayer {
+        log_warnings(path, &index);
+        TarLayer {
+            path: path.to_owned(),
+            label,
+            blob,
+            index,
+            source: IndexSource {
+                built: false,
+                elapsed: start.elapsed(),
+                file,
+                rejected: None,
+            },
+        }
     }
 
     /// Reads file data of entry `id` at `off` into `buf`; returns bytes read
