@@ -6,10 +6,12 @@
 //! split). Reads are `pread`s at `base + off`: nothing is copied or extracted.
 //!
 //! This module knows nothing of tar entries or images; it owns byte sources and
-//! the digest pass over them ([`Hashing`], [`sha256`]) and the record of which
-//! sources were already checked ([`verified`]).
+//! the digest pass over them ([`Hashing`], [`sha256`]), the record of which
+//! sources were already checked ([`verified`]), and the writers that make new
+//! blobs, compressed and digested in one pass ([`encode`]).
 
 pub mod decoded;
+pub mod encode;
 pub mod gzip;
 pub mod progress;
 pub mod seek;
