@@ -12,6 +12,7 @@ pub mod index;
 pub mod persist;
 pub mod scan;
 pub mod verify;
+pub mod write;
 
 use std::fs::{self, File};
 use std::io;
