@@ -25,6 +25,7 @@
 
 pub mod blob;
 pub mod cache;
+pub mod commit;
 pub mod error;
 pub mod fuse;
 pub mod idmap;

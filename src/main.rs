@@ -17,6 +17,8 @@ use unionfs::stack::{Merged, Stack};
 use unionfs::tar::verify;
 use unionfs::tar::{self, IndexOptions, TarLayer};
 
+mod cli;
+
 /// Serve container image layers (docker/OCI layer tars) as one merged filesystem,
 /// straight from the tarballs, with overlayfs semantics.
 #[derive(Parser)]
@@ -285,6 +287,76 @@ enum Cmd {
         #[arg(long, requires = "image")]
         json: bool,
     },
+    /// Write the changes in an upper directory as an OCI layer, or as a new
+    /// image: the base image (--image) or layers (--layers) with that layer on
+    /// top, as a docker archive (`docker load`), an OCI layout or an OCI archive.
+    ///
+    /// The layer is deterministic (the same upper gives the same bytes):
+    /// sorted, numeric owners, the logical owners and modes of a rootless
+    /// upper, whiteouts and opaque directories in OCI form whatever the upper's
+    /// format. Refuses an upper a mount is using. Prints the layer's diffID,
+    /// the image's chainID and config digest.
+    Commit {
+        #[command(flatten)]
+        base: cli::commit::BaseArgs,
+        /// The upper directory to commit.
+        #[arg(long, value_name = "DIR")]
+        upper: PathBuf,
+        /// Where to write: a file (layer, docker-archive, oci-archive) or a
+        /// directory (oci; added to an existing layout).
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+        /// docker-archive, oci, oci-archive or layer [default: docker-archive
+        /// with --image/--layers, else layer].
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
+        /// The new layer's compression: gzip, zstd or none [default: none for
+        /// layer and docker-archive, gzip for oci and oci-archive]. Base layers
+        /// are carried over as they are.
+        #[arg(long, value_name = "ALGO")]
+        compress: Option<String>,
+        /// Name the new image NAME:TAG.
+        #[arg(short, long, value_name = "NAME:TAG")]
+        tag: Option<String>,
+        /// A comment for the image's history (docker commit -m).
+        #[arg(short, long)]
+        message: Option<String>,
+        /// The author (docker commit -a).
+        #[arg(short, long)]
+        author: Option<String>,
+        #[command(flatten)]
+        ids: cli::commit::IdArgs,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the merged view (the layers, and an upper over them if given) as
+    /// one flat tar, whiteouts applied, hard links and xattrs kept (docker export).
+    Export {
+        #[command(flatten)]
+        base: cli::commit::BaseArgs,
+        /// An upper directory over the layers.
+        #[arg(long, value_name = "DIR")]
+        upper: Option<PathBuf>,
+        /// Write to FILE (complete, or not at all) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        ids: cli::commit::IdArgs,
+    },
+    /// List the changes an upper directory makes to its layers, one per line:
+    /// A (added), C (changed), D (deleted), as docker diff. Reads only the
+    /// upper and the layers' indexes.
+    Diff {
+        #[command(flatten)]
+        base: cli::commit::BaseArgs,
+        /// The upper directory.
+        #[arg(long, value_name = "DIR")]
+        upper: PathBuf,
+        /// One JSON object per line: {"kind":"A","path":"/x"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reassemble a layer tar from its index and check its sha256 (the diff_id);
     /// with --image, every layer of the image against its diffID.
     Verify {
@@ -464,6 +536,36 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             Some(_) => index_image(&image, &cache, rebuild, json),
             None => index(&tars, &cache, rebuild),
         },
+        Cmd::Commit {
+            base,
+            upper,
+            output,
+            format,
+            compress,
+            tag,
+            message,
+            author,
+            ids,
+            json,
+        } => cli::commit::commit(
+            &base,
+            &upper,
+            &output,
+            format.as_deref(),
+            compress.as_deref(),
+            tag.as_deref(),
+            message,
+            author,
+            &ids,
+            json,
+        ),
+        Cmd::Export {
+            base,
+            upper,
+            output,
+            ids,
+        } => cli::commit::export_cmd(&base, upper.as_deref(), output.as_deref(), &ids),
+        Cmd::Diff { base, upper, json } => cli::commit::diff_cmd(&base, &upper, json),
         Cmd::Verify {
             tar,
             image,

@@ -64,6 +64,9 @@ pub struct Image {
     pub platform: Platform,
     /// The layers, bottom first.
     pub layers: Vec<LayerDesc>,
+    /// The config's bytes (checked against its digest where the image
+    /// records one).
+    pub config: Vec<u8>,
 }
 
 /// A candidate image before it is chosen.
@@ -524,6 +527,7 @@ fn resolve_oci(
         config_digest: m.config.digest.to_ascii_lowercase(),
         platform: config_platform(&config),
         layers,
+        config: cbytes,
     })
 }
 
@@ -670,6 +674,7 @@ fn resolve_docker(store: &dyn Store, im: &DockerImage, c: &Candidate) -> Result<
         config_digest,
         platform: config_platform(&config),
         layers,
+        config: cbytes,
     })
 }
 

@@ -16,6 +16,9 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// Docker image manifest, schema 2.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
+/// The OCI image config media type.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
 /// `org.opencontainers.image.ref.name`: the tag (or name) of an index entry.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// `io.containerd.image.name`: the full name containerd and Docker ≥ 25 record.

@@ -95,6 +95,7 @@ pub struct Upper {
     path: PathBuf,
     rootless: bool,
     volatile: bool,
+    read_only: bool,
 }
 
 fn eno(n: i32) -> io::Error {
@@ -153,7 +154,36 @@ impl Upper {
             path,
             rootless: false,
             volatile: false,
+            read_only: false,
         })
+    }
+
+    /// Opens the upper directory `upper_dir` to read it (commit, export,
+    /// diff). It must only be read: it has no work directory (what goes
+    /// through one — copy-up, whiteout replacement — fails with `EROFS`). Takes the
+    /// same exclusive lock a mount takes, so that the upper cannot change
+    /// while it is read: an upper a live unionfs mount uses is refused, and a
+    /// mount started meanwhile is refused. (Kernel overlayfs takes no such
+    /// lock: see `crate::commit` for that check.)
+    pub fn open_read_only(upper_dir: &Path) -> Result<Upper> {
+        let path = std::fs::canonicalize(upper_dir).map_err(|e| Error::io(upper_dir, e))?;
+        let root = sys::open_dir_path(&path).map_err(|e| Error::io(&path, e))?;
+        lock(&path, root.as_fd(), "upper")?;
+        let work = root.try_clone().map_err(|e| Error::io(&path, e))?;
+        Ok(Upper {
+            root,
+            work,
+            format: WhiteoutFormat::Oci,
+            path,
+            rootless: false,
+            volatile: false,
+            read_only: true,
+        })
+    }
+
+    /// Returns true if and only if this upper was opened to be read only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Rootless mode (issue 6): copy-up and create tolerate `EPERM`/`EINVAL` from

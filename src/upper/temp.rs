@@ -61,6 +61,9 @@ impl<'a> Temp<'a> {
         upper: &'a Upper,
         mut make: impl FnMut(BorrowedFd<'_>, &[u8]) -> io::Result<T>,
     ) -> io::Result<(Temp<'a>, T)> {
+        if upper.is_read_only() {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
         let mut tries = 0;
         loop {
             let name = temp_name();

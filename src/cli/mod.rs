@@ -1,0 +1,3 @@
+//! Subcommands that have a file of their own.
+
+pub mod commit;
