@@ -30,6 +30,7 @@ pub mod error;
 pub mod fuse;
 pub mod idmap;
 pub mod image;
+pub mod inspect;
 pub mod inode;
 pub mod layers;
 pub mod mount;

@@ -269,6 +269,55 @@ enum Cmd {
         /// With --json: add the sha256 of each regular file's content.
         #[arg(long, requires = "json")]
         sha256: bool,
+        /// List each layer's entry for PATH instead (file, directory, whiteout,
+        /// opaque directory), with its content digest; `(shown)` marks what
+        /// the merged view shows.
+        #[arg(long, conflicts_with_all = ["recursive", "sha256"])]
+        versions: bool,
+    },
+    /// Print a file's content from the merged view, or with --layer N as
+    /// layer N stores it (whatever the layers above do to it).
+    Cat {
+        #[command(flatten)]
+        layers: LayerArgs,
+        /// Take the file from this layer (0 = bottom).
+        #[arg(long, value_name = "N")]
+        layer: Option<usize>,
+        /// The file's path.
+        path: String,
+    },
+    /// What each layer adds, modifies, deletes and wastes, from the indexes
+    /// alone (no file data read): per layer and for the image, with the
+    /// largest wasted files. --ci fails (exit 1) on dive's thresholds.
+    Inspect {
+        #[command(flatten)]
+        layers: LayerArgs,
+        /// One JSON object (with --layer N --list: one object per line).
+        #[arg(long)]
+        json: bool,
+        /// How many of the largest wasted files to list.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+        /// Check the thresholds below; exit 1 if one fails.
+        #[arg(long)]
+        ci: bool,
+        /// With --ci: the lowest efficiency allowed (visible ÷ stored file data).
+        #[arg(long, value_name = "RATIO", default_value_t = 0.9, requires = "ci")]
+        lowest_efficiency: f64,
+        /// With --ci: the highest share of wasted bytes allowed, relative to the
+        /// file data of every layer but the first (dive's "user" bytes).
+        #[arg(long, value_name = "RATIO", default_value_t = 0.1, requires = "ci")]
+        highest_wasted_share: f64,
+        /// With --ci: the most wasted bytes allowed (K/M/G) [default: no limit].
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "ci")]
+        highest_wasted_bytes: Option<u64>,
+        /// One layer (0 = bottom): with --list, its changes against the layers
+        /// below (A, C, D, as `unionfs diff`).
+        #[arg(long, value_name = "N", requires = "list")]
+        layer: Option<usize>,
+        /// With --layer N: list that layer's changes.
+        #[arg(long, requires = "layer")]
+        list: bool,
     },
     /// Build (or load) the index of layer tars, or of every layer of an image
     /// (--image: with its digests, diffIDs and chainIDs), and print a summary.
@@ -525,7 +574,50 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             recursive,
             json,
             sha256,
-        } => ls(&layers, &path, recursive, json, sha256),
+            versions,
+        } => {
+            if versions {
+                cli::inspect::versions(&layers, &path, json)
+            } else {
+                ls(&layers, &path, recursive, json, sha256)
+            }
+        }
+        Cmd::Cat {
+            layers,
+            layer,
+            path,
+        } => cli::inspect::cat(&layers, &path, layer),
+        Cmd::Inspect {
+            layers,
+            json,
+            top,
+            ci,
+            lowest_efficiency,
+            highest_wasted_share,
+            highest_wasted_bytes,
+            layer,
+            list,
+        } => {
+            for (name, v) in [
+                ("--lowest-efficiency", lowest_efficiency),
+                ("--highest-wasted-share", highest_wasted_share),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    bail!("{name} {v}: expected a ratio between 0 and 1");
+                }
+            }
+            let ask = cli::inspect::Ask {
+                json,
+                top,
+                ci: ci.then_some(cli::inspect::Ci {
+                    lowest_efficiency,
+                    highest_wasted_share,
+                    highest_wasted_bytes,
+                }),
+                list_layer: if list { layer } else { None },
+            };
+            cli::inspect::inspect_cmd(&layers, &ask)
+        }
         Cmd::Index {
             tars,
             image,
