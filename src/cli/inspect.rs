@@ -306,6 +306,19 @@ fn comps(path: &str) -> Vec<&[u8]> {
         .collect()
 }
 
+/// Layer `idx`'s own entry at `rel`, whiteouts included (a whiteout of a
+/// parent: none).
+fn entry_at(idx: &unionfs::tar::LayerIndex, rel: &[u8]) -> Option<EntryId> {
+    let mut cur = EntryId::ROOT;
+    for c in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        if idx.entry(cur).is_whiteout() {
+            return None;
+        }
+        cur = idx.child(cur, c)?;
+    }
+    Some(cur)
+}
+
 /// `unionfs ls --versions PATH`: each layer's entry for PATH.
 pub fn versions(layers: &LayerArgs, path: &str, json: bool) -> Result<ExitCode> {
     let (stack, img) = layers::open(&layers.source()?, &layers.cache.options())?;
@@ -316,11 +329,7 @@ pub fn versions(layers: &LayerArgs, path: &str, json: bool) -> Result<ExitCode> 
     let mut any = false;
     for (i, l) in stack.layers().iter().enumerate() {
         let idx = &l.index;
-        let Some(id) = (if rel.is_empty() {
-            Some(EntryId::ROOT)
-        } else {
-            idx.lookup_path(&rel)
-        }) else {
+        let Some(id) = entry_at(idx, &rel) else {
             continue;
         };
         any = true;
@@ -420,7 +429,7 @@ pub fn cat(layers: &LayerArgs, path: &str, layer: Option<usize>) -> Result<ExitC
                     stack.layers().len().saturating_sub(1)
                 );
             };
-            match l.index.lookup_path(&rel) {
+            match entry_at(&l.index, &rel) {
                 Some(id) => LayerRef {
                     layer: LayerId(n as u16),
                     entry: id,
