@@ -392,8 +392,9 @@ pub fn versions(layers: &LayerArgs, path: &str, json: bool) -> Result<ExitCode> 
             if opaque {
                 line += "  opaque";
             }
-            if let Some(d) = digest {
-                line += &format!("  {}", short(&d));
+            if let Some(d) = &digest {
+                let hex = d.strip_prefix("sha256:").unwrap_or(d);
+                line += &format!("  sha256:{}", hex.get(..12).unwrap_or(hex));
             }
             if let Some(t) = link {
                 line += &format!("  -> {t}");
