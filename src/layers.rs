@@ -1,6 +1,7 @@
 //! What the user named as the lower layers — loose layer tars (`--layers`) or
 //! an image (`--image PATH[:REF]`) — opened and stacked. The one place where
-//! the CLI and the mount turn either into a [`Stack`].
+//! the CLI and the mount turn either into a [`Stack`], and where each layer
+//! gets the label the mount's `user.unionfs.layer` xattr names it by.
 
 use std::path::PathBuf;
 
@@ -59,5 +60,20 @@ pub fn open(source: &Source, opts: &IndexOptions) -> Result<(Stack, Option<Image
             let layers = img.open_layers(opts)?;
             Ok((Stack::new(layers), Some(img)))
         }
+    }
+}
+
+/// Each layer's label, bottom first, for the `user.unionfs.layer` xattr: its
+/// diffID (`sha256:…`, the image config's `rootfs.diff_ids`) for an image's
+/// layers; for loose `--layers` tars, which have no known diffID, the tar's
+/// path as given.
+pub fn labels(stack: &Stack, image: Option<&Image>) -> Vec<String> {
+    match image {
+        Some(img) if img.layers.len() == stack.layers().len() => img.diff_ids(),
+        _ => stack
+            .layers()
+            .iter()
+            .map(|l| l.path.to_string_lossy().into_owned())
+            .collect(),
     }
 }

@@ -21,7 +21,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::error::{Error, Result};
 use crate::fuse::rw::RwFs;
-use crate::fuse::UnionFs;
+use crate::fuse::{ProvenanceXattrs, UnionFs};
 use crate::idmap::IdMap;
 use crate::overlay::{self, Overlay};
 use crate::tar::IndexOptions;
@@ -63,6 +63,12 @@ pub struct MountConfig {
     pub whiteout_format: WhiteoutFormat,
     /// How owners are reported (`--uidmap`, `--gidmap`, squash options).
     pub idmap: IdMap,
+    /// List the virtual provenance xattrs (`user.unionfs.layer`,
+    /// `user.unionfs.shadows`) in `listxattr` of every regular file and
+    /// directory (`-o provenance`; the kernel reads no `user.*` xattr of
+    /// other objects). `getxattr` answers them either way; unlisted by
+    /// default, so that `cp -a` and `tar --xattrs` do not copy them.
+    pub provenance: bool,
 }
 
 /// Returns true if and only if `path` (absolute) is a mount point, according to
@@ -273,11 +279,16 @@ pub fn run(cfg: &MountConfig) -> Result<()> {
 }
 
 fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
-    let (stack, _) = crate::layers::open(&cfg.source, &cfg.index)?;
+    let (stack, image) = crate::layers::open(&cfg.source, &cfg.index)?;
+    let labels = crate::layers::labels(&stack, image.as_ref());
+    drop(image);
+    let prov = ProvenanceXattrs::new(labels, cfg.provenance);
     let stack = Arc::new(stack);
     match &cfg.upper {
         None => serve_fs(
-            UnionFs::new(stack).with_idmap(cfg.idmap.clone()),
+            UnionFs::new(stack)
+                .with_idmap(cfg.idmap.clone())
+                .with_provenance(prov),
             cfg,
             mp,
             ready,
@@ -301,8 +312,9 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
                 ids: cfg.idmap.clone(),
             };
             let ov = Overlay::new(stack, upper, opts)?;
-            let fs =
-                RwFs::new(ov, cfg.idmap.clone()).with_passthrough(!rootless && !cfg.no_passthrough);
+            let fs = RwFs::new(ov, cfg.idmap.clone())
+                .with_passthrough(!rootless && !cfg.no_passthrough)
+                .with_provenance(prov);
             serve_fs(fs, cfg, mp, ready)
         }
     }

@@ -9,6 +9,13 @@
 //! shared mutable state is the directory cache (`inode::Inodes`, a read-mostly
 //! lock) and the open-directory table (`handles`); file reads are `pread`s on the
 //! tar with no lock held.
+//!
+//! Provenance xattrs ([`ProvenanceXattrs`], shared with `rw`): `user.unionfs.layer`
+//! and `user.unionfs.shadows` say which layer an object comes from and which
+//! layers' entries it hides. They are virtual: answered by `getxattr`, never
+//! stored, and listed by `listxattr` only on a mount made with `-o provenance`
+//! (then for every regular file and directory), so that `cp -a` and `tar
+//! --xattrs` do not copy them.
 
 pub mod attr;
 pub mod bufs;
@@ -32,7 +39,7 @@ use fuser::{
 
 use crate::idmap::IdMap;
 use crate::inode::{self, DirNode, Inodes, ROOT};
-use crate::stack::{DirEntry, LayerRef, Merged, Stack};
+use crate::stack::{DirEntry, LayerRef, Merged, Provenance, Stack};
 
 /// How long the kernel may cache names and attributes of layer content.
 /// Layers are immutable for the life of the mount, so this is long.
@@ -44,6 +51,81 @@ pub const MAX_READ: u32 = 1 << 20;
 /// How many merged directory listings are kept (LRU) between readdir calls.
 const LISTINGS: usize = 256;
 
+/// The virtual xattr naming the layer an object comes from: `N LABEL` (`N`
+/// its position, 0 = bottom; `LABEL` its diffID, or a loose tar's path), or
+/// `upper` for an object of a writable mount's upper.
+pub const LAYER_XATTR: &[u8] = b"user.unionfs.layer";
+
+/// The virtual xattr listing the layers whose entries at an object's path the
+/// view hides: positions, top first, comma-separated (`2,0`); empty if none.
+pub const SHADOWS_XATTR: &[u8] = b"user.unionfs.shadows";
+
+/// Returns true if and only if `name` is one of the virtual provenance xattrs.
+pub fn is_provenance_xattr(name: &[u8]) -> bool {
+    name == LAYER_XATTR || name == SHADOWS_XATTR
+}
+
+/// How a mount puts [`Provenance`] in words: the layers' labels, and whether
+/// `listxattr` lists the two names (`-o provenance`). Never stored anywhere:
+/// `getxattr` answers them from the stack, `setxattr`/`removexattr` refuse
+/// them (`EPERM` on a writable mount; a read-only one is `EROFS` already).
+#[derive(Clone, Debug, Default)]
+pub struct ProvenanceXattrs {
+    /// Each layer's label, bottom first (`crate::layers::labels`).
+    labels: Vec<String>,
+    /// List the names in `listxattr`.
+    listed: bool,
+}
+
+impl ProvenanceXattrs {
+    /// Labels the layers (bottom first) with `labels`; lists the names in
+    /// `listxattr` if and only if `listed`.
+    pub fn new(labels: Vec<String>, listed: bool) -> ProvenanceXattrs {
+        ProvenanceXattrs { labels, listed }
+    }
+
+    /// The labels of `stack`'s layers as loose tars (their paths), unlisted:
+    /// what a filesystem built without [`ProvenanceXattrs::new`] says.
+    fn of_paths(stack: &Stack) -> ProvenanceXattrs {
+        ProvenanceXattrs::new(crate::layers::labels(stack, None), false)
+    }
+
+    /// The value of the virtual xattr `name` (one of [`is_provenance_xattr`]'s) for `p`.
+    pub fn value(&self, name: &[u8], p: &Provenance) -> Vec<u8> {
+        if name == LAYER_XATTR {
+            return match p.layer {
+                None => b"upper".to_vec(),
+                Some(l) => match self.labels.get(usize::from(l.0)) {
+                    Some(label) => format!("{} {label}", l.0).into_bytes(),
+                    None => l.0.to_string().into_bytes(),
+                },
+            };
+        }
+        let ids: Vec<String> = p.shadows.iter().map(|l| l.0.to_string()).collect();
+        ids.join(",").into_bytes()
+    }
+
+    /// Returns true if and only if the mount lists the names (`-o provenance`).
+    pub fn is_listed(&self) -> bool {
+        self.listed
+    }
+
+    /// Appends the names, each NUL-terminated, to the `listxattr` list of an
+    /// object of type `kind` (`S_IFMT` bits), if the mount lists them and the
+    /// object is a regular file or a directory: the kernel answers `ENODATA`
+    /// for a `user.*` xattr of anything else without asking us (VFS
+    /// `xattr_permission`), and a name listed but unreadable makes
+    /// `getfattr -d` complain and `cp -a` try in vain.
+    pub fn list_into(&self, kind: u32, names: &mut Vec<u8>) {
+        if self.listed && (kind == libc::S_IFREG || kind == libc::S_IFDIR) {
+            for n in [LAYER_XATTR, SHADOWS_XATTR] {
+                names.extend_from_slice(n);
+                names.push(0);
+            }
+        }
+    }
+}
+
 /// The union filesystem as fuser sees it.
 pub struct UnionFs {
     stack: Arc<Stack>,
@@ -54,6 +136,8 @@ pub struct UnionFs {
     listings: Mutex<LruCache<u64, Arc<[DirEntry]>>>,
     /// How owners are reported (`--uidmap`, squash options).
     ids: IdMap,
+    /// The provenance xattrs' labels and listing.
+    prov: ProvenanceXattrs,
     bufs: bufs::ReadBufs,
 }
 
@@ -76,6 +160,7 @@ impl UnionFs {
     /// A read-only union of `stack`.
     pub fn new(stack: Arc<Stack>) -> UnionFs {
         let inodes = Inodes::new(&stack);
+        let prov = ProvenanceXattrs::of_paths(&stack);
         UnionFs {
             stack,
             inodes,
@@ -83,8 +168,16 @@ impl UnionFs {
                 NonZeroUsize::new(LISTINGS).expect("non-zero"),
             )),
             ids: IdMap::default(),
+            prov,
             bufs: Default::default(),
         }
+    }
+
+    /// Answers the provenance xattrs with `prov` (default: the layers'
+    /// paths as labels, names not listed).
+    pub fn with_provenance(mut self, prov: ProvenanceXattrs) -> UnionFs {
+        self.prov = prov;
+        self
     }
 
     /// Reports owners through `ids`.
@@ -138,6 +231,20 @@ impl UnionFs {
             Node::Dir(d) => Ok(d),
             Node::Other(_) => Err(Errno::ENOTDIR),
         }
+    }
+
+    /// Where inode `ino` comes from. A non-directory is asked at the path of
+    /// the entry its number derives from (for a hard link: its target's).
+    fn provenance(&self, ino: INodeNo) -> Result<Provenance, Errno> {
+        let m = match self.node(ino)? {
+            Node::Dir(d) => d.merged.clone(),
+            Node::Other(r) => Merged {
+                top: r,
+                dirs: Vec::new(),
+            },
+        };
+        let path = self.stack.index(m.top).path_of(m.top.entry);
+        Ok(self.stack.provenance(&m, &path))
     }
 
     fn attr_of(&self, ino: INodeNo) -> Result<fuser::FileAttr, Errno> {
@@ -475,6 +582,12 @@ impl Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_provenance_xattr(name_bytes(name)) {
+            return match self.provenance(ino) {
+                Ok(p) => xattr_reply(reply, size, &self.prov.value(name_bytes(name), &p)),
+                Err(e) => reply.error(e),
+            };
+        }
         let r = match self.node(ino) {
             Ok(Node::Dir(d)) => d.merged.top,
             Ok(Node::Other(r)) => r,
@@ -494,12 +607,17 @@ impl Filesystem for UnionFs {
             Ok(Node::Other(r)) => r,
             Err(e) => return reply.error(e),
         };
+        let kind = self.stack.rec(r).kind();
         let idx = self.stack.index(r);
         let mut names = Vec::new();
         for (k, _) in idx.extra(idx.inode_of(r.entry)).xattrs {
-            names.extend_from_slice(k);
-            names.push(0);
+            // A layer's own xattr of a provenance name is never answered.
+            if !is_provenance_xattr(k) {
+                names.extend_from_slice(k);
+                names.push(0);
+            }
         }
+        self.prov.list_into(kind, &mut names);
         xattr_reply(reply, size, &names)
     }
 

@@ -7,6 +7,11 @@
 //! what other names show (a copy-up breaks a lower hard link, a rename of a
 //! directory moves everything under it). Files open with `FOPEN_KEEP_CACHE`:
 //! their content only changes through the kernel's own page cache.
+//!
+//! The virtual provenance xattrs (see [`super::ProvenanceXattrs`]) are answered
+//! here, before the overlay's own xattrs (where `user.unionfs.*` is private):
+//! `getxattr` from [`Overlay::provenance`], `setxattr`/`removexattr` refused
+//! with `EPERM` before anything is copied up.
 
 use std::ffi::OsStr;
 use std::io;
@@ -22,7 +27,7 @@ use fuser::{
 
 use super::attr::{file_type, system_time, BLKSIZE};
 use super::passthrough::{Mode, Passthrough};
-use super::MAX_READ;
+use super::{is_provenance_xattr, ProvenanceXattrs, MAX_READ};
 use crate::idmap::IdMap;
 use crate::overlay::{Attr, Handle, Overlay};
 use crate::upper::{SetAttr, Time};
@@ -38,19 +43,30 @@ pub struct RwFs {
     /// Ask the kernel for FUSE passthrough of upper files.
     want_passthrough: bool,
     pt: Passthrough,
+    /// The provenance xattrs' labels and listing.
+    prov: ProvenanceXattrs,
     bufs: super::bufs::ReadBufs,
 }
 
 impl RwFs {
     /// Serves `ov`, reporting owners through `ids`.
     pub fn new(ov: Overlay, ids: IdMap) -> RwFs {
+        let prov = ProvenanceXattrs::of_paths(ov.stack());
         RwFs {
             ov,
             ids,
             want_passthrough: false,
             pt: Passthrough::default(),
+            prov,
             bufs: Default::default(),
         }
+    }
+
+    /// Answers the provenance xattrs with `prov` (default: the layers'
+    /// paths as labels, names not listed).
+    pub fn with_provenance(mut self, prov: ProvenanceXattrs) -> RwFs {
+        self.prov = prov;
+        self
     }
 
     /// Serves reads and writes of upper files by FUSE passthrough where the
@@ -608,18 +624,38 @@ impl Filesystem for RwFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if is_provenance_xattr(name(n)) {
+            return reply.error(Errno::EPERM);
+        }
         empty(reply, self.ov.setxattr(ino.0, name(n), value, flags))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.ov.getxattr(ino.0, name(n)))
+        let r = if is_provenance_xattr(name(n)) {
+            self.ov
+                .provenance(ino.0)
+                .map(|p| self.prov.value(name(n), &p))
+        } else {
+            self.ov.getxattr(ino.0, name(n))
+        };
+        xattr_reply(reply, size, r)
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, size, self.ov.listxattr(ino.0))
+        let r = self.ov.listxattr(ino.0).and_then(|mut names| {
+            if self.prov.is_listed() {
+                let kind = self.ov.getattr(ino.0)?.st.st_mode & libc::S_IFMT;
+                self.prov.list_into(kind, &mut names);
+            }
+            Ok(names)
+        });
+        xattr_reply(reply, size, r)
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        if is_provenance_xattr(name(n)) {
+            return reply.error(Errno::EPERM);
+        }
         empty(reply, self.ov.removexattr(ino.0, name(n)))
     }
 

@@ -49,7 +49,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::inode;
-use crate::stack::{LayerRef, Merged, Stack};
+use crate::stack::{LayerRef, Merged, Provenance, Stack};
 use crate::upper::copy_up::Meta;
 use crate::upper::tree::{UEntry, UNodeId, UpperTree};
 use crate::upper::{is_private_xattr, Upper};
@@ -511,6 +511,28 @@ impl Overlay {
                     .map(|(_, v)| v.to_vec())
                     .ok_or_else(|| eno(libc::ENODATA))
             }
+            (None, None) => Err(eno(libc::ENOENT)),
+        }
+    }
+
+    /// Where `ino` comes from, for the virtual provenance xattrs (the adapter
+    /// answers those, before [`Overlay::getxattr`], which reads the private
+    /// `user.unionfs.*` as absent). An upper object has no layer, and shadows
+    /// every layer with an entry at its path but the lower directories merged
+    /// into it; a lower one is the stack's business ([`Stack::provenance`]).
+    pub fn provenance(&self, ino: u64) -> io::Result<Provenance> {
+        let path = self.path_of(ino)?;
+        let r = self.resolve(&path)?;
+        let joined = path.join(&b'/');
+        match (&r.upper, &r.lower) {
+            (Some(_), _) => {
+                let merged = r.lower_dir().map(Merged::shown_layers);
+                Ok(Provenance {
+                    layer: None,
+                    shadows: self.stack.shadows(&joined, &merged.unwrap_or_default()),
+                })
+            }
+            (None, Some(m)) => Ok(self.stack.provenance(m, &joined)),
             (None, None) => Err(eno(libc::ENOENT)),
         }
     }

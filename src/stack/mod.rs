@@ -92,10 +92,31 @@ impl Merged {
     pub fn is_dir(&self) -> bool {
         !self.dirs.is_empty()
     }
+    /// The layers whose entries the view shows here: every layer of `dirs`
+    /// for a directory, else `top`'s alone.
+    pub fn shown_layers(&self) -> Vec<LayerId> {
+        if self.is_dir() {
+            self.dirs.iter().map(|d| d.layer).collect()
+        } else {
+            vec![self.top.layer]
+        }
+    }
     /// Returns true if and only if more than one layer contributes to this directory.
     pub fn is_merged_dir(&self) -> bool {
         self.dirs.len() > 1
     }
+}
+
+/// Where an object of the view comes from: what the `user.unionfs.layer` and
+/// `user.unionfs.shadows` xattrs say (the FUSE adapters put it in words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provenance {
+    /// The layer whose entry is shown (a merged directory's [`Merged::top`]);
+    /// `None` for an object of a writable mount's upper.
+    pub layer: Option<LayerId>,
+    /// The layers, top first, with a real entry (not a whiteout) at the
+    /// object's path that the view does not show: see [`Stack::shadows`].
+    pub shadows: Vec<LayerId>,
 }
 
 /// Read-only layers, stacked.
@@ -260,6 +281,31 @@ impl Stack {
             cur = self.lookup(&cur, c)?;
         }
         Some(cur)
+    }
+
+    /// The layers, top first, that have a real entry (not a whiteout) at
+    /// `path` in their own index and are not in `shown`: what the view hides
+    /// at `path`. Each layer is asked on its own ([`LayerIndex::lookup_path`]),
+    /// whatever the layers above it hide: an entry below an opaque directory,
+    /// below a whiteout, or under a file that a higher layer replaced by a
+    /// directory counts; a layer whose path is only a whiteout does not.
+    pub fn shadows(&self, path: &[u8], shown: &[LayerId]) -> Vec<LayerId> {
+        (0..self.layers.len())
+            .rev()
+            .map(|l| LayerId(l as u16))
+            .filter(|l| !shown.contains(l))
+            .filter(|&l| self.layer(l).index.lookup_path(path).is_some())
+            .collect()
+    }
+
+    /// The provenance of the object `m` that the view shows at `path`: `top`'s
+    /// layer, and for shadows every other layer with an entry there (for a
+    /// directory, every layer with an entry there that is not merged into it).
+    pub fn provenance(&self, m: &Merged, path: &[u8]) -> Provenance {
+        Provenance {
+            layer: Some(m.top.layer),
+            shadows: self.shadows(path, &m.shown_layers()),
+        }
     }
 
     /// The merged listing of directory `dir`, sorted by name, markers excluded.
