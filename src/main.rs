@@ -179,7 +179,9 @@ enum Cmd {
         #[arg(short, long)]
         foreground: bool,
         /// Mount options, comma-separated: allow_other, allow_root, suid, dev,
-        /// no_default_permissions, nopassthrough (default: nosuid, nodev, kernel
+        /// no_default_permissions, nopassthrough, provenance (list the virtual
+        /// user.unionfs.layer and user.unionfs.shadows xattrs in listxattr;
+        /// getxattr always answers them) (default: nosuid, nodev, kernel
         /// permission checks, and, as root, FUSE passthrough of upper files).
         #[arg(short = 'o', value_name = "OPT[,OPT…]")]
         options: Vec<String>,
@@ -548,8 +550,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     "no_default_permissions" => cfg.no_default_permissions = true,
                     "passthrough" => cfg.no_passthrough = false,
                     "nopassthrough" => cfg.no_passthrough = true,
+                    "provenance" => cfg.provenance = true,
                     "ro" => {}
-                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough)"),
+                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough, provenance)"),
                 }
             }
             unionfs::blob::decoded::set_cache_bytes(span_cache);

@@ -554,6 +554,10 @@ impl Overlay {
     /// Sets xattr `key` of `ino` (copied up first).
     pub fn setxattr(&self, ino: u64, key: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
         let path = self.path_of(ino)?;
+        // Refused before any copy-up: a failed call leaves nothing behind.
+        if crate::upper::is_private_xattr(key) {
+            return Err(eno(libc::EPERM));
+        }
         self.copy_up(&path, true)?;
         self.upper.set_xattr(&path, key, value, flags)
     }
@@ -561,6 +565,9 @@ impl Overlay {
     /// Removes xattr `key` of `ino` (copied up first).
     pub fn removexattr(&self, ino: u64, key: &[u8]) -> io::Result<()> {
         let path = self.path_of(ino)?;
+        if crate::upper::is_private_xattr(key) {
+            return Err(eno(libc::EPERM));
+        }
         let r = self.resolve(&path)?;
         if r.upper.is_none() {
             // Nothing to copy up for an xattr the object does not have.
