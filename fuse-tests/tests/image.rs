@@ -27,6 +27,8 @@
 //! directory mtimes (umoci gives implicit parents the extraction time, unionfs
 //! gives them 0, and extracting a child bumps a directory's mtime on disk).
 
+#[path = "../../tests/model/inspect.rs"]
+mod inspect_model;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -191,6 +193,7 @@ fn bin() -> &'static Path {
 // ---------------------------------------------------------------------------
 // Running unionfs
 
+#[derive(Debug)]
 struct Out {
     status: ExitStatus,
     stdout: String,
@@ -1585,4 +1588,100 @@ fn compressed_fixtures_are_compressed_as_claimed() {
         pieces("oci-gzip-multimember").iter().all(|&n| n > 2),
         "every multi-member gzip layer has several members"
     );
+}
+
+/// `unionfs inspect` on the umoci image (uncompressed OCI layout): every
+/// per-layer figure equals the model computed from GNU tar's listing of the
+/// layer blobs; the image totals add up; `--ci` fails on this image (it
+/// rewrites a 1.5 MB file to change its owner: efficiency 0.5) and passes
+/// with thresholds it meets; `--layer N --list` agrees with the counts.
+#[test]
+fn inspect_figures_match_gnu_tar_listings_of_the_umoci_image() {
+    let sc = scratch();
+    let spec = format!("{}:v1", fx("oci"));
+    let o = unionfs(
+        &["inspect", "--image", &spec, "--json", "--top", "3"],
+        sc.path(),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_str(&o.stdout).expect("inspect --json is JSON");
+    let layers = v["layers"].as_array().expect("layers");
+    assert!(layers.len() >= 3, "{v}");
+    let listings: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            let d = l["diff_id"].as_str().unwrap();
+            let blob = fixtures()
+                .join("oci/blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap());
+            inspect_model::gnu_listing(&blob)
+        })
+        .collect();
+    let want = inspect_model::model(&listings);
+    let pair = |l: &Value, k: &str| {
+        (
+            l[k]["entries"].as_u64().unwrap(),
+            l[k]["bytes"].as_u64().unwrap(),
+        )
+    };
+    for (i, (l, w)) in layers.iter().zip(&want).enumerate() {
+        let got = inspect_model::Want {
+            entries: l["entries"].as_u64().unwrap(),
+            added: pair(l, "added"),
+            modified: pair(l, "modified"),
+            deleted: l["deleted"].as_u64().unwrap(),
+            hidden: pair(l, "hidden"),
+            opaque_dirs: l["opaque_dirs"].as_u64().unwrap(),
+            stored: l["stored"]["bytes"].as_u64().unwrap(),
+            shadowed: l["shadowed"]["bytes"].as_u64().unwrap(),
+        };
+        assert_eq!(&got, w, "layer {i}: {l}");
+        // The listing --layer N --list prints: one line per change.
+        let o = unionfs(
+            &[
+                "inspect",
+                "--image",
+                &spec,
+                "--layer",
+                &i.to_string(),
+                "--list",
+            ],
+            sc.path(),
+        );
+        assert!(o.status.success(), "{o:?}");
+        let count = |k: char| o.stdout.lines().filter(|x| x.starts_with(k)).count() as u64;
+        assert_eq!(count('D'), w.deleted, "layer {i}: {}", o.stdout);
+        assert_eq!(count('A'), w.added.0, "layer {i}: {}", o.stdout);
+        assert_eq!(count('C'), w.modified.0, "layer {i}: {}", o.stdout);
+    }
+    let stored: u64 = want.iter().map(|w| w.stored).sum();
+    let wasted: u64 = want.iter().map(|w| w.shadowed).sum();
+    assert_eq!(v["stored_bytes"].as_u64(), Some(stored));
+    assert_eq!(v["wasted_bytes"].as_u64(), Some(wasted));
+    assert_eq!(v["visible_bytes"].as_u64(), Some(stored - wasted));
+    assert!(
+        wasted > 0,
+        "the fixture wastes bytes (a rewritten big file): {v}"
+    );
+    // The largest wasted file is the 1.5 MB blob layer 0 stores and layer 3 rewrites.
+    let top = &v["largest_wasted"][0];
+    assert_eq!(top["path"], "/big/blob.bin", "{v}");
+    assert_eq!(top["how"], "replaced");
+    let o = unionfs(&["inspect", "--image", &spec, "--ci"], sc.path());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(o.stdout.contains("FAIL  lowest-efficiency"), "{}", o.stdout);
+    let o = unionfs(
+        &[
+            "inspect",
+            "--image",
+            &spec,
+            "--ci",
+            "--lowest-efficiency",
+            "0.4",
+            "--highest-wasted-share",
+            "1",
+        ],
+        sc.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
 }
