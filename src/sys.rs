@@ -507,6 +507,14 @@ pub fn open_parent(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `flock(fd, LOCK_SH | LOCK_NB)`: `EWOULDBLOCK` if another open file holds
+/// it exclusively. The lock lasts as long as the open file.
+pub fn flock_shared(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: valid fd.
+    retry(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) })?;
+    Ok(())
+}
+
 /// `flock(fd, LOCK_EX | LOCK_NB)`: `EWOULDBLOCK` if another open file holds it.
 /// The lock lasts as long as the open file (all its duplicates).
 pub fn flock_exclusive(fd: BorrowedFd<'_>) -> io::Result<()> {

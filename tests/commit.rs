@@ -413,7 +413,25 @@ fn an_upper_in_use_is_refused() {
         "{e}"
     );
     drop(held);
-    commit::open_upper(&up).unwrap();
+    // Readers share the upper; a mount waits for none of them.
+    let a = commit::open_upper(&up).unwrap();
+    let b = commit::open_upper(&up).unwrap();
+    let e = unionfs::upper::Upper::open(&up, None, Default::default())
+        .expect_err("a mount of an upper being read")
+        .to_string();
+    assert!(
+        e.contains("being read by unionfs commit, export or diff"),
+        "{e}"
+    );
+    drop((a, b));
+    // A lock released while waiting (a daemon exiting after umount) is taken.
+    let held = unionfs::upper::Upper::open(&up, None, Default::default()).unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    commit::open_upper(&up).expect("taken once the holder is gone");
+    t.join().unwrap();
 }
 
 #[test]
@@ -451,6 +469,24 @@ fn a_failed_layer_leaves_nothing_under_either_name() {
     assert_eq!(r.err().unwrap().to_string(), "the upper went away");
     let left: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn tags_are_checked_and_get_latest() {
+    assert_eq!(output::full_tag("app").unwrap(), "app:latest");
+    assert_eq!(output::full_tag("t/x:v1").unwrap(), "t/x:v1");
+    assert_eq!(
+        output::full_tag("localhost:5000/t/port").unwrap(),
+        "localhost:5000/t/port:latest"
+    );
+    assert_eq!(
+        output::full_tag("example.com/a_b/c-d:1.0_rc").unwrap(),
+        "example.com/a_b/c-d:1.0_rc"
+    );
+    for bad in ["App:v1", "app:", "app:-x", "a//b", "/a", "a/:v", "app:v@1"] {
+        let e = output::full_tag(bad).expect_err(bad);
+        assert!(e.contains("--tag"), "{e}");
+    }
 }
 
 #[test]

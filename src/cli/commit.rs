@@ -222,6 +222,11 @@ pub fn commit(
     if tag.is_some() && format == output::Format::Layer {
         bail!("--tag names an image: it needs --format docker-archive, oci or oci-archive");
     }
+    let tag = tag
+        .map(output::full_tag)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let tag = tag.as_deref();
     let ids = ids.map()?;
     let (up, tree) = commit::open_upper(upper)?;
     let opened = base.open()?;
@@ -362,15 +367,27 @@ pub fn diff_cmd(base: &BaseArgs, upper: &Path, json: bool) -> Result<ExitCode> {
     let changes = diff::changes(&tree, &opened.stack);
     let mut o = io::BufWriter::new(io::stdout().lock());
     for c in &changes {
-        let path = String::from_utf8_lossy(&c.path);
-        if json {
-            writeln!(o, "{}", serde_json::json!({"kind": c.kind, "path": path}))?;
-        } else {
-            writeln!(o, "{} {path}", c.kind.letter())?;
-        }
+        write_change(&mut o, c, json)?;
     }
     o.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One change as a line: `K /path` with the path's bytes as they are (as
+/// `docker diff`), or a JSON object whose `path` is the name as UTF-8 (U+FFFD
+/// for bytes that are not) plus `path_hex` when it is not UTF-8, as `ls --json`.
+pub fn write_change(o: &mut dyn Write, c: &diff::Change, json: bool) -> io::Result<()> {
+    if json {
+        let mut v = serde_json::json!({"kind": c.kind, "path": String::from_utf8_lossy(&c.path)});
+        if std::str::from_utf8(&c.path).is_err() {
+            v["path_hex"] = unionfs::blob::hex(&c.path).into();
+        }
+        writeln!(o, "{v}")
+    } else {
+        write!(o, "{} ", c.kind.letter())?;
+        o.write_all(&c.path)?;
+        writeln!(o)
+    }
 }
 
 #[cfg(test)]

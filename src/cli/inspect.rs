@@ -102,12 +102,7 @@ pub fn inspect_cmd(layers: &LayerArgs, ask: &Ask) -> Result<ExitCode> {
         }
         let mut o = io::BufWriter::new(io::stdout().lock());
         for c in inspect::layer_changes(&stack, l) {
-            let path = String::from_utf8_lossy(&c.path);
-            if ask.json {
-                writeln!(o, "{}", json!({"kind": c.kind, "path": path}))?;
-            } else {
-                writeln!(o, "{} {path}", c.kind.letter())?;
-            }
+            crate::cli::commit::write_change(&mut o, &c, ask.json)?;
         }
         o.flush()?;
         return Ok(ExitCode::SUCCESS);

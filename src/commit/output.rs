@@ -238,30 +238,50 @@ pub fn write(
         Format::Oci => {
             let base = base.ok_or_else(|| no_base(format))?;
             let layout = Layout::open(out)?;
-            let mut descs = Vec::new();
-            for l in &base.layers {
-                descs.push(layout.blob(|w| copy_verified(l, w))?);
+            let r = write_layout(&layout, out, compression, tag, meta, base, layer);
+            if r.is_err() && layout.created {
+                // Ours alone: nothing of a failed commit stays.
+                let _ = std::fs::remove_dir_all(out);
             }
-            let mut failed = None;
-            let new = layout.blob(|w| encode(w, compression, layer, &mut failed));
-            let new = stashed(new, failed)?;
-            descs.push(new.clone());
-            let img = Image::new(base, &descs, &media_type, meta)?;
-            layout.bytes(&img.config)?;
-            let manifest_digest = layout.bytes(&img.manifest)?;
-            layout.set_index(&manifest_digest, img.manifest.len(), tag)?;
-            Ok(written(
-                out,
-                format,
-                &new,
-                media_type,
-                Some(img.config_digest),
-                Some(manifest_digest),
-                Some(img.chain_id),
-                tag,
-            ))
+            r
         }
     }
+}
+
+/// The `oci` format, into `layout` (opened at `out`).
+fn write_layout(
+    layout: &Layout,
+    out: &Path,
+    compression: Compression,
+    tag: Option<&str>,
+    meta: &Meta,
+    base: &Base,
+    layer: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+) -> Result<Written> {
+    let media_type = compression.oci_media_type().to_owned();
+    let format = Format::Oci;
+    let mut descs = Vec::new();
+    for l in &base.layers {
+        descs.push(layout.blob(|w| copy_verified(l, w))?);
+    }
+    let mut failed = None;
+    let new = layout.blob(|w| encode(w, compression, layer, &mut failed));
+    let new = stashed(new, failed)?;
+    descs.push(new.clone());
+    let img = Image::new(base, &descs, &media_type, meta)?;
+    layout.bytes(&img.config)?;
+    let manifest_digest = layout.bytes(&img.manifest)?;
+    layout.set_index(&manifest_digest, img.manifest.len(), tag)?;
+    Ok(written(
+        out,
+        format,
+        &new,
+        media_type,
+        Some(img.config_digest),
+        Some(manifest_digest),
+        Some(img.chain_id),
+        tag,
+    ))
 }
 
 /// Encodes the layer `layer` writes into `w`; a failure of `layer` itself
@@ -509,6 +529,49 @@ pub fn tag_part(name: &str) -> &str {
     last.rsplit_once(':').map_or("latest", |(_, t)| t)
 }
 
+/// Checks `NAME[:TAG]` as docker's reference grammar does (a lowercase
+/// repository path, an optional registry host with a port first, a tag of
+/// word characters, `.` and `-`) and returns it with `:latest` added when it
+/// has no tag, as `docker commit` and `docker tag` do. (`docker load` loads
+/// an image whose tag it cannot parse untagged, without an error.)
+pub fn full_tag(name: &str) -> std::result::Result<String, String> {
+    let bad = |why: &str| Err(format!("--tag {name:?}: {why}"));
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], &name[last_slash + i + 1..]),
+        None => (name, "latest"),
+    };
+    let tag_ok = tag.len() <= 128
+        && tag
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !tag_ok {
+        return bad("the tag must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'");
+    }
+    let mut comps: Vec<&str> = repo.split('/').collect();
+    // A first component with a '.' or ':' (or localhost) is a registry host.
+    if comps.len() > 1
+        && (comps[0].contains('.') || comps[0].contains(':') || comps[0] == "localhost")
+    {
+        comps.remove(0);
+    }
+    let comp_ok = |c: &str| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
+    };
+    if comps.is_empty() || !comps.iter().all(|c| comp_ok(c)) {
+        return bad("the name must be lowercase letters, digits and '.', '_' or '-' separators, components separated by '/'");
+    }
+    Ok(format!("{repo}:{tag}"))
+}
+
 /// A file written under a temporary name next to its final one, renamed
 /// when complete (removed if dropped before).
 pub struct TempFile {
@@ -684,14 +747,16 @@ impl Archive {
 /// An OCI image layout directory being added to.
 struct Layout {
     dir: PathBuf,
+    /// The directory did not exist before.
+    created: bool,
 }
 
 impl Layout {
     /// Opens `dir` (created if missing) as an OCI layout: it must be empty or
     /// already one.
     fn open(dir: &Path) -> Result<Layout> {
-        match std::fs::create_dir(dir) {
-            Ok(()) => {}
+        let created = match std::fs::create_dir(dir) {
+            Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::io(dir, e))?;
                 if !meta.is_dir() {
@@ -712,14 +777,21 @@ impl Layout {
                         dir.display()
                     )));
                 }
+                false
             }
             Err(e) => return Err(Error::io(dir, e)),
-        }
-        let blobs = dir.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs).map_err(|e| Error::io(&blobs, e))?;
+        };
         let l = Layout {
             dir: dir.to_owned(),
+            created,
         };
+        let blobs = dir.join("blobs/sha256");
+        if let Err(e) = std::fs::create_dir_all(&blobs) {
+            if created {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(Error::io(&blobs, e));
+        }
         let ol = dir.join("oci-layout");
         if !ol.exists() {
             l.replace(&ol, br#"{"imageLayoutVersion":"1.0.0"}"#)?;

@@ -160,15 +160,16 @@ impl Upper {
 
     /// Opens the upper directory `upper_dir` to read it (commit, export,
     /// diff). It must only be read: it has no work directory (what goes
-    /// through one — copy-up, whiteout replacement — fails with `EROFS`). Takes the
-    /// same exclusive lock a mount takes, so that the upper cannot change
-    /// while it is read: an upper a live unionfs mount uses is refused, and a
-    /// mount started meanwhile is refused. (Kernel overlayfs takes no such
+    /// through one — copy-up, whiteout replacement — fails with `EROFS`).
+    /// Takes a shared lock on the upper (a mount takes it exclusively), so
+    /// that the upper cannot change while it is read: an upper a live unionfs
+    /// mount uses is refused, and a mount started meanwhile is refused;
+    /// readers do not exclude each other. (Kernel overlayfs takes no such
     /// lock: see `crate::commit` for that check.)
     pub fn open_read_only(upper_dir: &Path) -> Result<Upper> {
         let path = std::fs::canonicalize(upper_dir).map_err(|e| Error::io(upper_dir, e))?;
         let root = sys::open_dir_path(&path).map_err(|e| Error::io(&path, e))?;
-        lock(&path, root.as_fd(), "upper")?;
+        lock_shared(&path, root.as_fd())?;
         let work = root.try_clone().map_err(|e| Error::io(&path, e))?;
         Ok(Upper {
             root,
@@ -445,11 +446,48 @@ fn is_within(dir: BorrowedFd<'_>, outer: &libc::stat) -> io::Result<bool> {
     }
 }
 
+/// How long a lock held by someone else is waited for: a daemon still
+/// exiting after `unionfs umount` returned holds it for a moment.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `take` until it does not fail with `EWOULDBLOCK` or [`LOCK_WAIT`]
+/// has passed.
+fn with_wait(take: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match take() {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK)
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => return r,
+        }
+    }
+}
+
 fn lock(path: &Path, fd: BorrowedFd<'_>, what: &str) -> Result<()> {
-    sys::flock_exclusive(fd).map_err(|e| {
+    with_wait(|| sys::flock_exclusive(fd)).map_err(|e| {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             Error::Usage(format!(
-                "{}: this {what} directory is in use by another unionfs mount",
+                "{}: this {what} directory is in use by another unionfs mount, or being read \
+                 by unionfs commit, export or diff",
+                path.display()
+            ))
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+/// A reader's lock: shared with other readers, refused while a mount holds
+/// the exclusive one (and refusing a mount meanwhile).
+fn lock_shared(path: &Path, fd: BorrowedFd<'_>) -> Result<()> {
+    with_wait(|| sys::flock_shared(fd)).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Error::Usage(format!(
+                "{}: this upper directory is in use by a unionfs mount",
                 path.display()
             ))
         } else {
