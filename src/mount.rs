@@ -105,7 +105,7 @@ fn mount_entry(path: &Path) -> io::Result<Option<MountEntry>> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

@@ -152,11 +152,11 @@ pub fn mode_string(mode: u32) -> String {
     s
 }
 
-/// UTC `YYYY-MM-DD HH:MM` of a Unix time.
-pub fn format_time(secs: i64) -> String {
+/// The UTC calendar date and time of a Unix time: (year, month, day, hour,
+/// minute, second), proleptic Gregorian (Howard Hinnant's civil_from_days).
+fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -166,11 +166,19 @@ pub fn format_time(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// UTC `YYYY-MM-DD HH:MM` of a Unix time.
+pub fn format_time(secs: i64) -> String {
+    let (y, m, d, hh, mm, _) = civil(secs);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}")
+}
+
+/// RFC 3339 UTC `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (image configs' `created`).
+pub fn rfc3339(secs: i64) -> String {
+    let (y, m, d, hh, mm, ss) = civil(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 /// One human-readable line: mode, owner, size, time, layer, path (and link target).
@@ -213,6 +221,15 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_558_400), "2026-12-06T12:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(format_time(1_796_558_400), "2026-12-06 12:00");
+    }
 
     #[test]
     fn modes() {

@@ -2,7 +2,7 @@
 //! side of `unionfs::commit`.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -93,15 +93,12 @@ impl BaseArgs {
         if self.layers.is_empty() {
             return Ok(None);
         }
-        let mut paths = Vec::new();
-        for spec in &self.layers {
-            for p in spec.split(':') {
-                if p.is_empty() {
-                    bail!("--layers {spec:?}: empty layer name (two ':' in a row, or a leading/trailing ':')");
-                }
-                paths.push(PathBuf::from(p));
-            }
+        let paths = crate::LayerArgs {
+            layers: self.layers.clone(),
+            image: self.image.clone(),
+            cache: self.cache.clone(),
         }
+        .paths()?;
         let layers = unionfs::tar::open_all(&paths, &opts)?;
         for l in &layers {
             if let Some(why) = unionfs::image::refuse_as_layer(l) {
@@ -171,29 +168,7 @@ fn created() -> Result<String> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    Ok(rfc3339(secs))
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian, UTC).
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    Ok(unionfs::report::rfc3339(secs))
 }
 
 /// `unionfs commit`.
@@ -387,18 +362,5 @@ pub fn write_change(o: &mut dyn Write, c: &diff::Change, json: bool) -> io::Resu
         write!(o, "{} ", c.kind.letter())?;
         o.write_all(&c.path)?;
         writeln!(o)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_558_400), "2026-12-06T12:00:00Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
 }

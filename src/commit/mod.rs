@@ -84,34 +84,14 @@ fn overlay_using(upper: &Path) -> Option<String> {
         let uses = opts
             .split(|&b| b == b',')
             .filter_map(|o| o.strip_prefix(b"upperdir=".as_slice()))
-            .any(|p| unescape(p) == want);
+            .any(|p| crate::mount::unescape_mountinfo(p) == want);
         if uses {
-            return Some(String::from_utf8_lossy(&unescape(f.get(4)?)).into_owned());
+            return Some(
+                String::from_utf8_lossy(&crate::mount::unescape_mountinfo(f.get(4)?)).into_owned(),
+            );
         }
     }
     None
-}
-
-/// mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && i + 3 < s.len()
-            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = s[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// `dir/name`, or `name` at the root.
@@ -340,18 +320,5 @@ impl io::Read for LowerReader<'_> {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.label.display())))?;
         self.off += n as u64;
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape(b"/a\\040b"), b"/a b");
-        assert_eq!(unescape(b"/x\\134y"), b"/x\\y");
-        assert_eq!(unescape(b"/plain"), b"/plain");
-        assert_eq!(unescape(b"/end\\04"), b"/end\\04");
     }
 }
