@@ -345,6 +345,18 @@ fn buf_ptr(buf: &mut [u8]) -> *mut libc::c_void {
 
 /// Calls a "size query, then fill" style function until the value fits.
 fn sized<F: FnMut(&mut [u8]) -> libc::ssize_t>(mut f: F) -> io::Result<Vec<u8>> {
+    // Most lists and values are short (often empty): one call into a small
+    // buffer, the size query only when it does not fit.
+    let mut buf = vec![0u8; 256];
+    let m = f(&mut buf);
+    if m >= 0 {
+        buf.truncate(m as usize);
+        return Ok(buf);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ERANGE) {
+        return Err(e);
+    }
     loop {
         let n = f(&mut []);
         if n < 0 {
@@ -364,9 +376,18 @@ fn sized<F: FnMut(&mut [u8]) -> libc::ssize_t>(mut f: F) -> io::Result<Vec<u8>> 
     }
 }
 
-/// The names in directory `fd` (excluding `.` and `..`), read with `getdents64`
-/// on a duplicate of the fd so the caller's offset is untouched.
+/// The names in directory `fd` (excluding `.` and `..`) with their `d_type`,
+/// read with `getdents64` on a duplicate of the fd so the caller's offset is
+/// untouched.
 pub fn read_dir_names(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
+    Ok(read_dir_entries(fd)?
+        .into_iter()
+        .map(|(n, t, _)| (n, t))
+        .collect())
+}
+
+/// [`read_dir_names`] with each entry's `d_ino` too.
+pub fn read_dir_entries(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8, u64)>> {
     let dup = fd.try_clone_to_owned()?;
     // Reopen "." to get an independent file offset.
     let own = openat_dot(dup.as_raw_fd())?;
@@ -391,6 +412,7 @@ pub fn read_dir_names(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
         let mut at = 0usize;
         while at < n as usize {
             // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+            let ino = u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or([0; 8]));
             let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
             let dtype = buf[at + 18];
             let name_bytes = &buf[at + 19..at + reclen];
@@ -400,7 +422,7 @@ pub fn read_dir_names(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8)>> {
                 .unwrap_or(name_bytes.len());
             let nm = &name_bytes[..end];
             if nm != b"." && nm != b".." {
-                out.push((nm.to_vec(), dtype));
+                out.push((nm.to_vec(), dtype, ino));
             }
             at += reclen.max(1);
         }
@@ -505,6 +527,15 @@ pub fn open_parent(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatfs(fd).f_type`: the filesystem's magic number.
+pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: all-zero is a valid statfs; valid fd and out pointer.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    retry(|| unsafe { libc::fstatfs(fd.as_raw_fd(), &mut sf) })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(sf.f_type as i64)
 }
 
 /// `flock(fd, LOCK_SH | LOCK_NB)`: `EWOULDBLOCK` if another open file holds

@@ -36,12 +36,16 @@ impl UpperTree {
         if dir_is_opaque(root) {
             t.set_opaque(UNodeId::ROOT, true);
         }
+        // getdents' d_ino is st_ino except on overlayfs (a merged directory
+        // may report the lower inode): stat there.
+        const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+        let dirents = sys::fs_type(root).is_ok_and(|t| t != OVERLAYFS_MAGIC);
         let root = Rc::new(
             root.try_clone_to_owned()
                 .map_err(|e| Error::io(upper.path(), e))?,
         );
         let mut pending: Vec<(UNodeId, Rc<OwnedFd>, Vec<u8>)> = Vec::new();
-        let subdirs = scan_dir(&mut t, UNodeId::ROOT, root.as_fd())
+        let subdirs = scan_dir(&mut t, UNodeId::ROOT, root.as_fd(), dirents)
             .map_err(|e| Error::io(upper.path(), e))?;
         pending.extend(subdirs.into_iter().map(|(id, n)| (id, root.clone(), n)));
         while let Some((id, parent, name)) = pending.pop() {
@@ -51,7 +55,7 @@ impl UpperTree {
             if dir_is_opaque(fd.as_fd()) {
                 t.set_opaque(id, true);
             }
-            let subdirs = scan_dir(&mut t, id, fd.as_fd()).map_err(|e| err(&t, e))?;
+            let subdirs = scan_dir(&mut t, id, fd.as_fd(), dirents).map_err(|e| err(&t, e))?;
             let fd = Rc::new(fd);
             pending.extend(subdirs.into_iter().map(|(c, n)| (c, fd.clone(), n)));
         }
@@ -69,31 +73,52 @@ fn rel_path(upper: &Upper, t: &UpperTree, id: UNodeId) -> PathBuf {
     p
 }
 
-/// Records the entries of directory `fd` (node `id`); returns its subdirectories.
+/// `S_IFMT` bits of a `d_type` that says enough (`None`: a character device,
+/// which may be a whiteout, or a filesystem that does not say).
+fn kind_of_dtype(t: u8) -> Option<u32> {
+    Some(match t {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => return None,
+    })
+}
+
+/// Records the entries of directory `fd` (node `id`); returns its
+/// subdirectories. With `dirents`, an entry's type and inode number come from
+/// `getdents` (no `stat`), except for character devices (whiteouts are told
+/// by their device number) and unknown types.
 fn scan_dir(
     t: &mut UpperTree,
     id: UNodeId,
     fd: BorrowedFd<'_>,
+    dirents: bool,
 ) -> io::Result<Vec<(UNodeId, Vec<u8>)>> {
     let mut subdirs = Vec::new();
-    let mut whiteouts: Vec<(Vec<u8>, libc::stat)> = Vec::new();
-    for (name, _) in sys::read_dir_names(fd)? {
-        let st = match sys::statat(fd, &name) {
-            Ok(st) => st,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(e),
+    // (target, kind, ino) of whiteouts.
+    let mut whiteouts: Vec<(Vec<u8>, u32, u64)> = Vec::new();
+    for (name, dtype, d_ino) in sys::read_dir_entries(fd)? {
+        let (kind, ino, whiteout) = match kind_of_dtype(dtype).filter(|_| dirents) {
+            Some(k) => (k, d_ino, false),
+            None => match sys::statat(fd, &name) {
+                Ok(st) => (st.st_mode & libc::S_IFMT, st.st_ino, is_whiteout(&st)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(e),
+            },
         };
         match classify(&name) {
-            Class::Plain if is_whiteout(&st) => whiteouts.push((name, st)),
+            Class::Plain if whiteout => whiteouts.push((name, kind, ino)),
             Class::Plain => {
-                let kind = st.st_mode & libc::S_IFMT;
-                if let Some(n) = t.insert(id, &name, kind, st.st_ino) {
+                if let Some(n) = t.insert(id, &name, kind, ino) {
                     if kind == libc::S_IFDIR {
                         subdirs.push((n, name));
                     }
                 }
             }
-            Class::Whiteout(target) => whiteouts.push((target.to_vec(), st)),
+            Class::Whiteout(target) => whiteouts.push((target.to_vec(), kind, ino)),
             Class::Opaque => {
                 t.set_opaque(id, true);
             }
@@ -103,21 +128,22 @@ fn scan_dir(
         }
     }
     // After the real entries, so that an entry next to its whiteout wins.
-    for (target, st) in whiteouts {
-        apply_whiteout(t, id, &target, &st);
+    for (target, kind, ino) in whiteouts {
+        apply_whiteout(t, id, &target, kind, ino);
     }
     Ok(subdirs)
 }
 
-/// Records a whiteout of `dir/target` found on disk (marker `st`).
-fn apply_whiteout(t: &mut UpperTree, dir: UNodeId, target: &[u8], st: &libc::stat) {
+/// Records a whiteout of `dir/target` found on disk (its marker's kind and
+/// inode number).
+fn apply_whiteout(t: &mut UpperTree, dir: UNodeId, target: &[u8], kind: u32, ino: u64) {
     match t.lookup(dir, target) {
         Some(e) if e.is_dir() => {
             t.set_opaque(e.node, true);
         }
         Some(e) if !e.whiteout => {}
         _ => {
-            t.set_whiteout(dir, target, st.st_mode, st.st_ino);
+            t.set_whiteout(dir, target, kind, ino);
         }
     }
 }
