@@ -359,8 +359,14 @@ fn a_writable_mount_says_upper_after_a_copy_up() {
     assert_eq!(lsetxattr(&conf, SHADOWS, b""), Err(libc::EPERM));
     assert_eq!(lremovexattr(&conf, LAYER), Err(libc::EPERM));
     // Any private name is refused before a copy-up, not after it.
-    assert_eq!(lsetxattr(&conf, b"user.unionfs.other", b"x"), Err(libc::EPERM));
-    assert_eq!(lsetxattr(&conf, b"trusted.overlay.x", b"x"), Err(libc::EPERM));
+    assert_eq!(
+        lsetxattr(&conf, b"user.unionfs.other", b"x"),
+        Err(libc::EPERM)
+    );
+    assert_eq!(
+        lsetxattr(&conf, b"trusted.overlay.x", b"x"),
+        Err(libc::EPERM)
+    );
     assert_eq!(lremovexattr(&conf, b"trusted.overlay.x"), Err(libc::EPERM));
     assert!(!upper.join("etc").exists(), "a refused setxattr copied up");
     assert_eq!(prov(&conf), (at(&tars, 2), s("1,0")));
