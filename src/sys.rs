@@ -391,6 +391,12 @@ pub fn read_dir_entries(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8, u64)
     let dup = fd.try_clone_to_owned()?;
     // Reopen "." to get an independent file offset.
     let own = openat_dot(dup.as_raw_fd())?;
+    read_dir_fresh(std::os::fd::AsFd::as_fd(&own))
+}
+
+/// [`read_dir_entries`] of a directory opened (`O_RDONLY | O_DIRECTORY`) by
+/// the caller for this alone: read from its offset, which must be the start.
+pub fn read_dir_fresh(own: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, u8, u64)>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {

@@ -22,6 +22,7 @@ use std::{ffi::OsStr, io};
 
 use super::tree::{UNodeId, UpperTree};
 use super::whiteout::dir_is_opaque;
+use super::OPAQUE_XATTRS;
 use super::{is_whiteout, Upper};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -50,12 +51,20 @@ impl UpperTree {
         pending.extend(subdirs.into_iter().map(|(id, n)| (id, root.clone(), n)));
         while let Some((id, parent, name)) = pending.pop() {
             let err = |t: &UpperTree, e| Error::io(rel_path(upper, t, id), e);
-            let fd = sys::openat(parent.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)
+            // Opened for reading (not O_PATH): getdents and fgetxattr on the
+            // fd itself, no /proc lookups and no second open per directory.
+            let fd = sys::openat(parent.as_fd(), &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                 .map_err(|e| err(&t, e))?;
-            if dir_is_opaque(fd.as_fd()) {
+            // The marker file, if any, is among the entries scan_dir reads.
+            if OPAQUE_XATTRS
+                .iter()
+                .any(|k| sys::fgetxattr(fd.as_fd(), k).is_ok_and(|v| v == b"y"))
+            {
                 t.set_opaque(id, true);
             }
-            let subdirs = scan_dir(&mut t, id, fd.as_fd(), dirents).map_err(|e| err(&t, e))?;
+            let entries = sys::read_dir_fresh(fd.as_fd()).map_err(|e| err(&t, e))?;
+            let subdirs =
+                scan_entries(&mut t, id, fd.as_fd(), entries, dirents).map_err(|e| err(&t, e))?;
             let fd = Rc::new(fd);
             pending.extend(subdirs.into_iter().map(|(c, n)| (c, fd.clone(), n)));
         }
@@ -97,10 +106,22 @@ fn scan_dir(
     fd: BorrowedFd<'_>,
     dirents: bool,
 ) -> io::Result<Vec<(UNodeId, Vec<u8>)>> {
+    let entries = sys::read_dir_entries(fd)?;
+    scan_entries(t, id, fd, entries, dirents)
+}
+
+/// [`scan_dir`] of entries already read.
+fn scan_entries(
+    t: &mut UpperTree,
+    id: UNodeId,
+    fd: BorrowedFd<'_>,
+    entries: Vec<(Vec<u8>, u8, u64)>,
+    dirents: bool,
+) -> io::Result<Vec<(UNodeId, Vec<u8>)>> {
     let mut subdirs = Vec::new();
     // (target, kind, ino) of whiteouts.
     let mut whiteouts: Vec<(Vec<u8>, u32, u64)> = Vec::new();
-    for (name, dtype, d_ino) in sys::read_dir_entries(fd)? {
+    for (name, dtype, d_ino) in entries {
         let (kind, ino, whiteout) = match kind_of_dtype(dtype).filter(|_| dirents) {
             Some(k) => (k, d_ino, false),
             None => match sys::statat(fd, &name) {
