@@ -21,7 +21,7 @@
 //!   its efficiency is Σ smallest version ÷ Σ all versions over all paths.
 //!   [`Report::dive`] computes them as dive does, for comparison.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use crate::commit::diff::{Change, Kind};
 use crate::stack::{LayerId, LayerRef, Merged, Stack};
@@ -306,9 +306,9 @@ fn walk(
     lr: &mut LayerReport,
     out: &mut Option<Vec<Change>>,
 ) {
-    let mut note = |path: Vec<u8>, kind: Kind| {
+    let mut note = |path: &dyn Fn() -> Vec<u8>, kind: Kind| {
         if let Some(o) = out.as_mut() {
-            o.push(Change { kind, path });
+            o.push(Change { kind, path: path() });
         }
     };
     let mut subdirs: Vec<(EntryId, Vec<u8>, Option<Merged>, bool)> = Vec::new();
@@ -317,14 +317,15 @@ fn walk(
         let e = idx.entry(c);
         let name = idx.name(c);
         let below = old.and_then(|m| stack.lookup(m, name));
-        let path = [rel, b"/", name].concat();
+        // Built only where it is used: a change listed, a directory entered.
+        let path = || [rel, b"/", name].concat();
         if e.is_whiteout() {
             lr.entries += 1;
             if let Some(b) = &below {
                 lr.deleted += 1;
                 let (n, bytes) = subtree(stack, b);
                 lr.hidden.add(n, bytes);
-                note(path, Kind::Deleted);
+                note(&path, Kind::Deleted);
             }
             continue;
         }
@@ -338,10 +339,10 @@ fn walk(
             };
             if below.is_some() {
                 lr.modified.add(1, bytes);
-                note(path.clone(), Kind::Changed);
+                note(&path, Kind::Changed);
             } else {
                 lr.added.add(1, bytes);
-                note(path.clone(), Kind::Added);
+                note(&path, Kind::Added);
             }
         }
         if e.is_dir() {
@@ -350,7 +351,7 @@ fn walk(
             if e.has(F_OPAQUE) && lower_dir.is_some() {
                 lr.opaque_dirs += 1;
             }
-            subdirs.push((c, path, lower_dir, replaced || opaque));
+            subdirs.push((c, path(), lower_dir, replaced || opaque));
         }
     }
     if replaced {
@@ -363,7 +364,7 @@ fn walk(
                         let (n, bytes) = subtree(stack, &b);
                         lr.hidden.add(n, bytes);
                     }
-                    note([rel, b"/", name].concat(), Kind::Deleted);
+                    note(&|| [rel, b"/", name].concat(), Kind::Deleted);
                 }
             }
         }
@@ -410,80 +411,118 @@ fn shadowed_by(stack: &Stack, layer: usize, path: &[u8]) -> (Option<usize>, &'st
 /// dive's efficiency and wasted bytes (`filetree/efficiency.go`): over the
 /// leaves of each layer's own tree, a path's versions are summed; a whiteout
 /// counts the size of the directory it deletes (a deleted file counts 0).
+///
+/// The layers' trees are walked together, one directory of all of them at a
+/// time (their children merged by name), so that no path is built or hashed
+/// but a whiteout's: a path only one layer has adds the same size to both
+/// sums and is never wasted.
 fn dive(stack: &Stack) -> Dive {
-    #[derive(Default)]
-    struct P {
-        versions: u32,
-        total: u64,
-        min: u64,
+    let mut acc = DiveSums::default();
+    let roots: Vec<(usize, EntryId)> = (0..stack.layers().len())
+        .map(|i| (i, EntryId::ROOT))
+        .collect();
+    dive_dir(stack, &roots, b"", &mut acc);
+    for (i, l) in stack.layers().iter().enumerate().skip(1) {
+        let _ = i;
+        for e in &l.index.entries {
+            if e.kind() == libc::S_IFREG && !e.has(F_HARDLINK) {
+                acc.user += e.size;
+            }
+        }
     }
-    let mut paths: HashMap<Vec<u8>, P> = HashMap::new();
-    let mut user = 0u64;
-    for (i, l) in stack.layers().iter().enumerate() {
-        let idx = &l.index;
-        let below = below_root(stack, i);
-        for (id, e) in idx.entries.iter().enumerate() {
-            let id = EntryId(id as u32);
-            if id == EntryId::ROOT {
-                continue;
+    let Dive { .. } = Dive::default();
+    Dive {
+        efficiency: if acc.all == 0 {
+            1.0
+        } else {
+            acc.min as f64 / acc.all as f64
+        },
+        wasted_bytes: acc.wasted,
+        user_wasted_share: if acc.user == 0 {
+            0.0
+        } else {
+            acc.wasted as f64 / acc.user as f64
+        },
+    }
+}
+
+#[derive(Default)]
+struct DiveSums {
+    min: u64,
+    all: u64,
+    wasted: u64,
+    user: u64,
+}
+
+/// One directory path `rel` as each layer in `dirs` has it.
+fn dive_dir(stack: &Stack, dirs: &[(usize, EntryId)], rel: &[u8], acc: &mut DiveSums) {
+    // Every child of every layer's directory, grouped by name.
+    let mut kids: Vec<(&[u8], usize, EntryId)> = Vec::new();
+    for &(i, d) in dirs {
+        let idx = &stack.layers()[i].index;
+        for c in idx.children(d) {
+            let c = EntryId(c);
+            kids.push((idx.name(c), i, c));
+        }
+    }
+    kids.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    let mut at = 0;
+    while at < kids.len() {
+        let name = kids[at].0;
+        let end = at + kids[at..].iter().take_while(|k| k.0 == name).count();
+        let group = &kids[at..end];
+        at = end;
+        let (mut n, mut total, mut min) = (0u32, 0u64, u64::MAX);
+        let mut subdirs: Vec<(usize, EntryId)> = Vec::new();
+        for &(_, i, c) in group {
+            let idx = &stack.layers()[i].index;
+            let e = idx.entry(c);
+            if e.is_dir() && idx.children(c).next().is_some() {
+                subdirs.push((i, c));
+                continue; // not a leaf of this layer's tree
             }
-            // dive counts leaves: entries with no children in this layer.
-            if e.is_dir() && idx.children(id).next().is_some() {
-                continue;
-            }
-            let path = idx.path_of(id);
             let size = if e.is_whiteout() {
-                let prev = below.as_ref().and_then(|b| {
-                    let mut cur = b.clone();
-                    for c in path.split(|&x| x == b'/') {
-                        if !cur.is_dir() {
-                            return None;
-                        }
-                        cur = stack.lookup(&cur, c)?;
-                    }
-                    Some(cur)
-                });
-                match prev {
-                    Some(m) if m.is_dir() => subtree(stack, &m).1,
-                    _ => 0,
-                }
+                whiteout_size(stack, i, &[rel, b"/", name].concat())
             } else if e.kind() == libc::S_IFREG {
                 e.size
             } else {
                 0
             };
-            if i > 0 && e.kind() == libc::S_IFREG && !e.has(F_HARDLINK) {
-                user += e.size;
+            n += 1;
+            total += size;
+            min = min.min(size);
+        }
+        if n > 0 {
+            acc.all += total;
+            acc.min += min;
+            if n >= 2 {
+                acc.wasted += total;
             }
-            let p = paths.entry(path).or_default();
-            p.min = if p.versions == 0 {
-                size
-            } else {
-                p.min.min(size)
-            };
-            p.versions += 1;
-            p.total += size;
+        }
+        if !subdirs.is_empty() {
+            dive_dir(stack, &subdirs, &[rel, b"/", name].concat(), acc);
         }
     }
-    let (mut min, mut all, mut wasted) = (0u64, 0u64, 0u64);
-    for p in paths.values() {
-        min += p.min;
-        all += p.total;
-        if p.versions >= 2 {
-            wasted += p.total;
+}
+
+/// What dive counts for a whiteout in layer `i` at `path`: the data of the
+/// directory it deletes in the layers below (0 for a file).
+fn whiteout_size(stack: &Stack, i: usize, path: &[u8]) -> u64 {
+    let Some(mut cur) = below_root(stack, i) else {
+        return 0;
+    };
+    for c in path.split(|&x| x == b'/').filter(|c| !c.is_empty()) {
+        if !cur.is_dir() {
+            return 0;
+        }
+        match stack.lookup(&cur, c) {
+            Some(m) => cur = m,
+            None => return 0,
         }
     }
-    Dive {
-        efficiency: if all == 0 {
-            1.0
-        } else {
-            min as f64 / all as f64
-        },
-        wasted_bytes: wasted,
-        user_wasted_share: if user == 0 {
-            0.0
-        } else {
-            wasted as f64 / user as f64
-        },
+    if cur.is_dir() {
+        subtree(stack, &cur).1
+    } else {
+        0
     }
 }
