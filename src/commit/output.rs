@@ -607,7 +607,8 @@ impl TempFile {
             .custom_flags(libc::O_NOFOLLOW)
             .mode(0o644)
             .open(&self.tmp)
-            .map_err(|e| Error::io(&self.tmp, e))
+            // Named by the path the user gave: the temporary name means nothing to them.
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Syncs `f` and gives it the final name.
