@@ -613,7 +613,7 @@ impl TempFile {
 
     /// Syncs `f` and gives it the final name.
     pub fn commit(mut self, f: File) -> Result<()> {
-        f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&self.path, e))?;
         drop(f);
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         self.done = true;
