@@ -535,6 +535,17 @@ pub fn open_parent(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `sync_file_range(fd, off, len, SYNC_FILE_RANGE_WRITE)`: starts writeback
+/// of that range and returns (a hint; errors are the caller's to ignore).
+pub fn start_writeback(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
+    let (off, len) = (off as libc::off64_t, len as libc::off64_t);
+    // SAFETY: valid fd; plain integers.
+    retry(|| unsafe {
+        libc::sync_file_range(fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE)
+    })?;
+    Ok(())
+}
+
 /// `fstatfs(fd).f_type`: the filesystem's magic number.
 pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
     // SAFETY: all-zero is a valid statfs; valid fd and out pointer.
