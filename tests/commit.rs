@@ -472,6 +472,30 @@ fn a_failed_layer_leaves_nothing_under_either_name() {
 }
 
 #[test]
+fn leftovers_of_an_interrupted_commit_are_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("layer.tar");
+    let dead = d.path().join(".layer.tar.unionfs-tmp-999999999");
+    let other = d.path().join(".other.tar.unionfs-tmp-999999999");
+    for p in [&dead, &other] {
+        fs::write(p, "partial").unwrap();
+    }
+    output::write(
+        &out,
+        output::Format::Layer,
+        unionfs::blob::encode::Compression::None,
+        None,
+        &output::Meta::default(),
+        None,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    assert!(out.exists());
+    assert!(!dead.exists(), "the dead commit's temp file stays");
+    assert!(other.exists(), "another output's temp file was removed");
+}
+
+#[test]
 fn tags_are_checked_and_get_latest() {
     assert_eq!(output::full_tag("app").unwrap(), "app:latest");
     assert_eq!(output::full_tag("t/x:v1").unwrap(), "t/x:v1");

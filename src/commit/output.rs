@@ -572,6 +572,34 @@ pub fn full_tag(name: &str) -> std::result::Result<String, String> {
     Ok(format!("{repo}:{tag}"))
 }
 
+/// Removes what an interrupted run left next to `out` (`PREFIX<pid>` of a
+/// process that no longer exists: Ctrl-C or a crash skips the cleanup).
+/// Best effort: a name whose process is alive, or unreadable, stays.
+fn remove_stale(out: &Path, prefix: &std::ffi::OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = prefix.as_bytes();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.as_bytes().strip_prefix(prefix) else {
+            continue;
+        };
+        let alive = std::str::from_utf8(pid)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_none_or(|p| Path::new("/proc").join(p.to_string()).exists());
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A file written under a temporary name next to its final one, renamed
 /// when complete (removed if dropped before).
 pub struct TempFile {
@@ -588,7 +616,9 @@ impl TempFile {
             .ok_or_else(|| Error::Usage(format!("{}: not a file name to write", out.display())))?;
         let mut t = std::ffi::OsString::from(".");
         t.push(name);
-        t.push(format!(".unionfs-tmp-{}", std::process::id()));
+        t.push(".unionfs-tmp-");
+        remove_stale(out, &t);
+        t.push(std::process::id().to_string());
         Ok(TempFile {
             path: out.to_owned(),
             tmp: out.with_file_name(t),
