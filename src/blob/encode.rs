@@ -411,9 +411,14 @@ impl<W: Write> ZstdStage<W> {
         }
         let mut cctx = CCtx::try_create()
             .ok_or_else(|| io::Error::other("zstd: cannot create a compression context"))?;
+        // One worker thread: the frame's jobs are compressed there while
+        // the caller goes on reading the upper (tar | zstd's overlap, in
+        // one process). The output depends on the worker count (fixed here)
+        // and the library version, not on the machine.
         for p in [
             CParameter::CompressionLevel(level),
             CParameter::ChecksumFlag(true),
+            CParameter::NbWorkers(1),
         ] {
             cctx.set_parameter(p)
                 .map_err(|c| zstd_error("setting a parameter", c))?;
