@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::util::{force_unmount, is_mounted, xattrs};
+use crate::util::{force_unmount, is_mounted, unescape_mountinfo, xattrs};
 
 // ---------------------------------------------------------------------------
 // The fixtures, the binary, scratch space
@@ -168,25 +168,6 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .filter(|mp| mp.starts_with(dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    out
-}
-
-/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
-pub fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\'
-            && i + 3 < s.len()
-            && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((s[i + 1] - b'0') * 64 + (s[i + 2] - b'0') * 8 + (s[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
     out
 }
 

@@ -387,7 +387,8 @@ pub fn is_mounted(path: &Path) -> bool {
     })
 }
 
-fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
+/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
+pub fn unescape_mountinfo(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
