@@ -28,14 +28,13 @@
 //!   holds files whose data, or directories whose content, live in the lower
 //!   layers: refused, naming the file, rather than written incomplete.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use super::{join, UpperObject};
+use super::{join, Links, UpperObject};
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
 use crate::stack::{Merged, Stack};
@@ -83,7 +82,7 @@ pub fn write<W: Write>(
         tree,
         stack,
         ids,
-        links: HashMap::new(),
+        links: Links::new(),
         stats: Stats::default(),
     };
     let root = upper
@@ -101,7 +100,7 @@ struct Walker<'a> {
     stack: Option<&'a Stack>,
     ids: &'a IdMap,
     /// Upper inode → the path written for its first name.
-    links: HashMap<u64, Vec<u8>>,
+    links: Links<u64>,
     stats: Stats,
 }
 
@@ -230,15 +229,10 @@ impl Walker<'_> {
             self.stats.dirs += 1;
             return Ok(Some(obj.fd));
         }
-        if obj.nlink > 1 {
-            if let Some(first) = self.links.get(&obj.ino) {
-                obj.entry.kind = EntryKind::HardLink(first.clone());
-                obj.entry.size = 0;
-                self.append(out, &obj.entry, &mut io::empty())?;
-                self.stats.hard_links += 1;
-                return Ok(None);
-            }
-            self.links.insert(obj.ino, path.to_vec());
+        if self.links.link_or_first(obj.ino, obj.nlink, &mut obj.entry) {
+            self.append(out, &obj.entry, &mut io::empty())?;
+            self.stats.hard_links += 1;
+            return Ok(None);
         }
         if let EntryKind::File = obj.entry.kind {
             let mut f = File::from(obj.fd);

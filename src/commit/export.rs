@@ -10,12 +10,11 @@
 //! link. (A writable mount breaks a lower link when one name is copied up:
 //! the export shows what the mount shows.)
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::{join, lower_entry, LowerReader, UpperObject};
+use super::{join, lower_entry, Links, LowerReader, UpperObject};
 use crate::error::{Error, Result};
 use crate::idmap::IdMap;
 use crate::stack::{LayerRef, Merged, Stack};
@@ -55,7 +54,7 @@ pub fn write<W: Write>(
     let mut w = Walker {
         stack,
         upper,
-        links: HashMap::new(),
+        links: Links::new(),
         stats: Stats::default(),
     };
     let root_fd = match &w.upper {
@@ -82,7 +81,7 @@ enum Inode {
 struct Walker<'a> {
     stack: &'a Stack,
     upper: Option<UpperSide<'a>>,
-    links: HashMap<Inode, Vec<u8>>,
+    links: Links<Inode>,
     stats: Stats,
 }
 
@@ -164,26 +163,6 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Writes a hard link to the first name of `inode` if it has been
-    /// written; else records `path` as its first name.
-    fn link_or_first(
-        &mut self,
-        inode: Inode,
-        nlink: u64,
-        e: &mut crate::tar::write::Entry,
-    ) -> bool {
-        if nlink <= 1 {
-            return false;
-        }
-        if let Some(first) = self.links.get(&inode) {
-            e.kind = EntryKind::HardLink(first.clone());
-            e.size = 0;
-            return true;
-        }
-        self.links.insert(inode, e.path.clone());
-        false
-    }
-
     fn upper_object<W: Write>(
         &mut self,
         dfd: BorrowedFd<'_>,
@@ -197,7 +176,7 @@ impl Walker<'_> {
         let what = || {
             upper
                 .path()
-                .join(std::ffi::OsStr::new(&*String::from_utf8_lossy(path)))
+                .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path))
         };
         let Some(mut obj) = UpperObject::read(upper, dfd, name, path, e.kind, u.ids)? else {
             return Ok(None);
@@ -207,7 +186,10 @@ impl Walker<'_> {
             self.append(out, &obj.entry, &mut io::empty(), what)?;
             return Ok(Some(obj.fd));
         }
-        if self.link_or_first(Inode::Upper(obj.ino), obj.nlink, &mut obj.entry) {
+        if self
+            .links
+            .link_or_first(Inode::Upper(obj.ino), obj.nlink, &mut obj.entry)
+        {
             self.stats.hard_links += 1;
             self.append(out, &obj.entry, &mut io::empty(), what)?;
         } else if let EntryKind::File = obj.entry.kind {
@@ -240,7 +222,10 @@ impl Walker<'_> {
             entry: idx.inode_of(r.entry),
         };
         let nlink = u64::from(idx.entry(inode.entry).count.max(1));
-        if self.link_or_first(Inode::Lower(inode), nlink, &mut entry) {
+        if self
+            .links
+            .link_or_first(Inode::Lower(inode), nlink, &mut entry)
+        {
             self.stats.hard_links += 1;
             return self.append(out, &entry, &mut io::empty(), what);
         }

@@ -94,6 +94,32 @@ fn overlay_using(upper: &Path) -> Option<String> {
     None
 }
 
+/// The first name written of each multiply-linked inode (key `K`): later
+/// names become tar hard links to it.
+pub(crate) struct Links<K>(std::collections::HashMap<K, Vec<u8>>);
+
+impl<K: std::hash::Hash + Eq> Links<K> {
+    pub fn new() -> Links<K> {
+        Links(std::collections::HashMap::new())
+    }
+
+    /// Makes `e` a hard link to the first name of `inode` if one was
+    /// written (returns true); else records `e.path` as that name. An inode
+    /// with one link is left alone.
+    pub fn link_or_first(&mut self, inode: K, nlink: u64, e: &mut Entry) -> bool {
+        if nlink <= 1 {
+            return false;
+        }
+        if let Some(first) = self.0.get(&inode) {
+            e.kind = EntryKind::HardLink(first.clone());
+            e.size = 0;
+            return true;
+        }
+        self.0.insert(inode, e.path.clone());
+        false
+    }
+}
+
 /// `dir/name`, or `name` at the root.
 pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
