@@ -14,6 +14,7 @@ pub mod decoded;
 pub mod encode;
 pub mod gzip;
 pub mod progress;
+pub mod remote;
 pub mod seek;
 pub mod verified;
 mod zlib;
@@ -33,12 +34,19 @@ use sha2::{Digest as _, Sha256};
 
 use crate::tar::scan::{ReadAt, UNKNOWN_LEN};
 
-/// A contiguous byte range of an open file.
+/// A contiguous byte range of an open file, or a blob in a registry.
 #[derive(Clone, Debug)]
 pub struct Blob {
-    file: Arc<File>,
+    src: Src,
     base: u64,
     len: u64,
+}
+
+/// Where a blob's bytes are.
+#[derive(Clone, Debug)]
+enum Src {
+    File(Arc<File>),
+    Remote(Arc<remote::Remote>),
 }
 
 impl Blob {
@@ -46,7 +54,7 @@ impl Blob {
     pub fn whole(file: File) -> io::Result<Blob> {
         let len = file.metadata()?.len();
         Ok(Blob {
-            file: Arc::new(file),
+            src: Src::File(Arc::new(file)),
             base: 0,
             len,
         })
@@ -54,7 +62,21 @@ impl Blob {
 
     /// `len` bytes of `file` from `base`.
     pub fn range(file: Arc<File>, base: u64, len: u64) -> Blob {
-        Blob { file, base, len }
+        Blob {
+            src: Src::File(file),
+            base,
+            len,
+        }
+    }
+
+    /// A whole blob of a registry, read by ranges ([`remote`]).
+    pub fn remote(r: Arc<remote::Remote>) -> Blob {
+        let len = r.size();
+        Blob {
+            src: Src::Remote(r),
+            base: 0,
+            len,
+        }
     }
 
     /// Length in bytes.
@@ -72,16 +94,31 @@ impl Blob {
         self.base
     }
 
-    /// The file holding the bytes.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The local file holding the bytes (`None` for a registry blob).
+    pub fn file(&self) -> Option<&File> {
+        match &self.src {
+            Src::File(f) => Some(f),
+            Src::Remote(_) => None,
+        }
     }
 
-    /// Asks the page cache to read `len` bytes at `off` ahead of use.
+    /// The registry blob, if this is one.
+    pub fn as_remote(&self) -> Option<&Arc<remote::Remote>> {
+        match &self.src {
+            Src::File(_) => None,
+            Src::Remote(r) => Some(r),
+        }
+    }
+
+    /// Asks for `len` bytes at `off` ahead of use: the page cache for a
+    /// file, a background fetch for a registry blob.
     pub fn prefetch(&self, off: u64, len: u64) {
         let len = len.min(self.len.saturating_sub(off));
         if len > 0 {
-            crate::sys::fadvise_willneed(self.file.as_fd(), self.base + off, len);
+            match &self.src {
+                Src::File(f) => crate::sys::fadvise_willneed(f.as_fd(), self.base + off, len),
+                Src::Remote(r) => r.prefetch(self.base + off, len),
+            }
         }
     }
 }
@@ -92,7 +129,10 @@ impl ReadAt for Blob {
             return Ok(0);
         }
         let n = (self.len - off).min(buf.len() as u64) as usize;
-        FileExt::read_at(&*self.file, &mut buf[..n], self.base + off)
+        match &self.src {
+            Src::File(f) => FileExt::read_at(&**f, &mut buf[..n], self.base + off),
+            Src::Remote(r) => r.read_at(&mut buf[..n], self.base + off),
+        }
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.len)

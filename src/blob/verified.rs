@@ -42,9 +42,16 @@ fn line(id: &TarIdentity, blob: &Blob, digest: &str) -> String {
 
 /// Returns true if and only if `blob`, as its file is now, was checked to
 /// have `digest` before.
+///
+/// A registry blob counts as checked once its chunk table is known: the
+/// table is kept only after a pass whose bytes matched the blob's digest, and
+/// every chunk read later is checked against it.
 pub fn is_verified(cache: Option<&Path>, blob: &Blob, digest: &str) -> bool {
+    if let Some(r) = blob.as_remote() {
+        return r.has_table() && digest.eq_ignore_ascii_case(r.digest());
+    }
     let Some(cache) = cache else { return false };
-    let Ok(id) = TarIdentity::of(blob.file()) else {
+    let Some(Ok(id)) = blob.file().map(TarIdentity::of) else {
         return false;
     };
     fs::read_to_string(record_path(cache, &id, blob)).is_ok_and(|s| s == line(&id, blob, digest))
@@ -56,7 +63,8 @@ pub fn is_verified(cache: Option<&Path>, blob: &Blob, digest: &str) -> bool {
 /// it: git's "racy" case). Failing to write is only logged.
 pub fn record(cache: Option<&Path>, blob: &Blob, digest: &str, started: SystemTime) {
     let Some(cache) = cache else { return };
-    let Ok(id) = TarIdentity::of(blob.file()) else {
+    // (A registry blob's record is its chunk table.)
+    let Some(Ok(id)) = blob.file().map(TarIdentity::of) else {
         return;
     };
     if crate::tar::racy(&id, started) {

@@ -155,6 +155,7 @@ impl ArchiveStore {
             outer
                 .source()
                 .file()
+                .expect("an archive is a local file")
                 .try_clone()
                 .map_err(|e| Error::io(path, e))?,
         );

@@ -13,7 +13,7 @@ use super::{build_index, log_warnings, persist, Built, IndexOptions, TarIdentity
 use crate::blob::seek::{self, Decoder, Encoding};
 use crate::blob::{self, Blob, Decoded, Hashing};
 use crate::error::{Error, Result};
-use crate::tar::scan::UNKNOWN_LEN;
+use crate::tar::scan::{ReadAt, UNKNOWN_LEN};
 
 /// Where a compressed layer's results are kept, and what it must match.
 pub(super) struct Keys<'a> {
@@ -150,7 +150,14 @@ pub(super) fn open(
         Some(c) => Some(c.sink().map_err(|e| Error::io(name, e))?),
         None => None,
     };
-    let src_h = Hashing::new_if(&src, k.blob_digest.is_some());
+    // A registry blob is streamed in one request for this pass, its chunk
+    // digests taken on the way.
+    let stream = src.as_remote().map(|r| r.stream());
+    let reader: &dyn ReadAt = match &stream {
+        Some(s) => s,
+        None => &src,
+    };
+    let src_h = Hashing::new_if(reader, k.blob_digest.is_some());
     let dec = Decoder::new(enc, &src_h, opts.spacing(), sink).map_err(|e| Error::io(name, e))?;
     let out_h = Hashing::new_if(&dec, k.diff_id.is_some());
     let progress = blob::progress::Progress::start(name, &src_h, &out_h, src.len(), opts.quiet);
@@ -174,6 +181,20 @@ pub(super) fn open(
             }
         }
     }
+    if let Some(s) = stream {
+        // Only now, with the blob's digest matched, are its chunk digests
+        // worth keeping.
+        let r = s.remote().clone();
+        if k.blob_digest.is_none() {
+            return Err(Error::Image {
+                path: name.to_owned(),
+                reason: "a remote layer without a blob digest".into(),
+            });
+        }
+        s.finish()
+            .and_then(|t| r.install(t))
+            .map_err(|e| Error::io(name, e))?;
+    }
     index.tar_size = table.out_len();
     log_warnings(name, &index);
     if let Some(c) = k.claim() {
@@ -184,7 +205,7 @@ pub(super) fn open(
     let racy_sum = k
         .index_id
         .filter(|id| super::racy(id, started))
-        .and_then(|_| persist::content_sum(src.file()).ok());
+        .and_then(|_| src.file().and_then(|f| persist::content_sum(f).ok()));
     // The index is stored only with its seek table (one is useless alone).
     let index_file = match (&k.index_file, &k.seek_file) {
         (Some(xf), Some(sf)) => match seek::save(sf, &table, &k.seek_id) {
@@ -270,6 +291,10 @@ fn cached(
     };
     if let Some(claim) = k.claim() {
         if !blob::verified::is_verified(cache, src, claim) {
+            if src.as_remote().is_some() {
+                // Hashing it would fetch it all and keep nothing: stream it.
+                return Ok(Err("the blob's chunk table is missing".into()));
+            }
             match k.blob_digest {
                 // The stored bytes' digest vouches for the table and index
                 // built from bytes with that digest: hash them, no decoding.

@@ -25,6 +25,7 @@ pub use persist::TarIdentity;
 
 use crate::blob::seek::{self, Encoding};
 use crate::blob::{self, Blob, Decoded};
+use crate::tar::scan::ReadAt;
 use crate::error::{Error, Result};
 
 /// Reads at least this large trigger a prefetch of what follows.
@@ -151,7 +152,7 @@ impl TarLayer {
         }
         let blob = Blob::whole(file).map_err(|e| Error::io(path, e))?;
         check_head(path, &blob)?;
-        let file = blob.file();
+        let file = blob.file().expect("a local file");
         let id = TarIdentity::of(file).map_err(|e| Error::io(path, e))?;
         let label = path
             .file_name()
@@ -179,7 +180,7 @@ impl TarLayer {
         let start = Instant::now();
         let mut rejected = None;
         if let (Some(f), false) = (&index_file, opts.rebuild) {
-            match persist::load(f, file, &id, opts.members) {
+            match persist::load(f, Some(file), &id, opts.members) {
                 Ok(Ok(index)) => {
                     let blob = Decoded::Plain(blob);
                     return Ok(TarLayer::loaded(
@@ -202,7 +203,7 @@ impl TarLayer {
         // A tar changed just before indexing is stored with a content checksum
         // that every load verifies (its identity alone could be stale).
         let racy_sum = if racy(&id, scan_start) {
-            persist::content_sum(blob.file()).ok()
+            persist::content_sum(file).ok()
         } else {
             None
         };
@@ -248,7 +249,6 @@ impl TarLayer {
         if enc != Encoding::Plain {
             // The seek table belongs to the compressed bytes: keyed by their
             // digest where the image gives it, else by this very source.
-            let src_id = TarIdentity::of(blob.file()).map_err(|e| Error::io(name, e))?;
             let (seek_name, seek_id) = match blob_digest.and_then(|d| d.strip_prefix("sha256:")) {
                 Some(h) => (
                     format!("sha256-{}.seek", h.to_ascii_lowercase()),
@@ -257,15 +257,23 @@ impl TarLayer {
                         ..TarIdentity::default()
                     },
                 ),
-                None => (
-                    format!(
-                        "src-{:x}-{:x}-{:x}.seek",
-                        src_id.dev,
-                        src_id.ino,
-                        blob.base()
-                    ),
-                    src_id,
-                ),
+                None => {
+                    // (A registry blob always has its digest.)
+                    let file = blob.file().ok_or_else(|| Error::Image {
+                        path: name.to_owned(),
+                        reason: "a compressed remote layer without a blob digest".into(),
+                    })?;
+                    let src_id = TarIdentity::of(file).map_err(|e| Error::io(name, e))?;
+                    (
+                        format!(
+                            "src-{:x}-{:x}-{:x}.seek",
+                            src_id.dev,
+                            src_id.ino,
+                            blob.base()
+                        ),
+                        src_id,
+                    )
+                }
             };
             let cache = opts.cache_dir.as_deref();
             let keys = compressed::Keys {
@@ -300,6 +308,14 @@ impl TarLayer {
         let mut rejected = None;
         if let (Some(f), false) = (&index_file, opts.rebuild) {
             match persist::load(f, blob.file(), &id, opts.members) {
+                Ok(Ok(_))
+                    if blob.as_remote().is_some()
+                        && !blob::verified::is_verified(cache, &blob, diff_id) =>
+                {
+                    // Hashing a registry blob would fetch it all and keep
+                    // nothing: stream it again instead.
+                    rejected = Some("the blob's chunk table is missing".into());
+                }
                 Ok(Ok(index)) => {
                     if !blob::verified::is_verified(cache, &blob, diff_id) {
                         let actual = blob::sha256(&blob).map_err(|e| Error::io(name, e))?;
@@ -322,11 +338,24 @@ impl TarLayer {
         }
         // One pass: the scanner reads headers, the hashing reader digests
         // every byte (the payloads the scanner skips included) in order.
-        let hashing = blob::Hashing::new(&blob);
+        // (A registry blob: one streamed request, its chunk digests taken
+        // on the way and kept once the diffID matched.)
+        let stream = blob.as_remote().map(|r| r.stream());
+        let reader: &dyn ReadAt = match &stream {
+            Some(s) => s,
+            None => &blob,
+        };
+        let hashing = blob::Hashing::new(reader);
         let index = build_index(name, &hashing, blob.len())?;
         let actual = hashing.finish().map_err(|e| Error::io(name, e))?;
         if !actual.eq_ignore_ascii_case(diff_id) {
             return Err(mismatch(actual));
+        }
+        if let Some(s) = stream {
+            let r = s.remote().clone();
+            s.finish()
+                .and_then(|t| r.install(t))
+                .map_err(|e| Error::io(name, e))?;
         }
         blob::verified::record(cache, &blob, diff_id, started);
         log_warnings(name, &index);
