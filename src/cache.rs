@@ -1,8 +1,10 @@
 //! The cache directory, seen whole: what it holds and how big it is, and
 //! pruning it. Everything in it can be rebuilt from the layers: layer indexes
 //! (`*.uidx`), seek tables of compressed blobs (`blobs/*.seek`), layers
-//! decompressed once (`blobs/*.tar`), and records of checked digests
-//! (`verified/*`). Removing any of them costs a rebuild, never data.
+//! decompressed once (`blobs/*.tar`), records of checked digests
+//! (`verified/*`), and the chunks of registry blobs already fetched with
+//! their chunk tables (`remote/sha256/<hex>/`). Removing any of them costs a
+//! rebuild or a fetch, never data.
 
 use std::fs;
 use std::io;
@@ -22,6 +24,10 @@ pub enum Kind {
     Decompressed,
     /// A record that a blob was checked against its digest.
     Verified,
+    /// The chunk digests of a registry blob.
+    ChunkTable,
+    /// A chunk of a registry blob, fetched.
+    RemoteChunk,
     /// Anything else (temporary files of an interrupted write, …).
     Other,
 }
@@ -34,6 +40,8 @@ impl Kind {
             Kind::SeekTable => "seek tables",
             Kind::Decompressed => "decompressed layers",
             Kind::Verified => "digest records",
+            Kind::ChunkTable => "chunk tables",
+            Kind::RemoteChunk => "fetched chunks",
             Kind::Other => "other",
         }
     }
@@ -63,6 +71,10 @@ fn kind_of(rel: &Path) -> Kind {
         Kind::Other
     } else if top == "verified" {
         Kind::Verified
+    } else if top == "remote" && name == "chunks" {
+        Kind::ChunkTable
+    } else if top == "remote" && name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Kind::RemoteChunk
     } else if name.ends_with(".uidx") {
         Kind::Index
     } else if name.ends_with(".seek") {
@@ -105,6 +117,41 @@ pub fn list(dir: &Path) -> io::Result<Vec<Entry>> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// Keeps the fetched chunks of registry blobs under `dir` (the cache
+/// directory) within `max_bytes`: the least recently used go first, down to
+/// nine tenths of the bound (so that a sweep is not needed at every fetch).
+pub fn bound_chunks(dir: &Path, max_bytes: u64) -> io::Result<Pruned> {
+    let mut chunks: Vec<Entry> = list(&dir.join("remote"))?
+        .into_iter()
+        .filter(|e| {
+            let rel = e.path.strip_prefix(dir).unwrap_or(&e.path);
+            kind_of(rel) == Kind::RemoteChunk
+        })
+        .collect();
+    let mut total: u64 = chunks.iter().map(|e| e.size).sum();
+    let mut done = Pruned::default();
+    if total <= max_bytes {
+        return Ok(done);
+    }
+    chunks.sort_by_key(|e| e.used);
+    let target = max_bytes / 10 * 9;
+    for e in chunks {
+        if total <= target {
+            break;
+        }
+        match fs::remove_file(&e.path) {
+            Ok(()) => {
+                done.files += 1;
+                done.bytes += e.size;
+                total -= e.size;
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => total -= e.size,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(done)
 }
 
 /// What pruning removed.
@@ -164,11 +211,14 @@ mod tests {
         let p = d.path();
         fs::create_dir_all(p.join("blobs")).unwrap();
         fs::create_dir_all(p.join("verified")).unwrap();
+        fs::create_dir_all(p.join("remote/sha256/ab")).unwrap();
         for (f, n) in [
             ("a.uidx", 9000),
             ("blobs/sha256-x.seek", 100),
             ("blobs/sha256-y.tar", 50_000),
             ("verified/1-2-0", 10),
+            ("remote/sha256/ab/chunks", 70),
+            ("remote/sha256/ab/00000003", 300),
             (".a.uidx.tmp1-0", 5),
         ] {
             fs::write(p.join(f), vec![1u8; n]).unwrap();
@@ -182,6 +232,8 @@ mod tests {
                 Kind::Index,
                 Kind::SeekTable,
                 Kind::Decompressed,
+                Kind::RemoteChunk,
+                Kind::ChunkTable,
                 Kind::Verified
             ]
         );
@@ -197,6 +249,14 @@ mod tests {
         let r = prune(p, false, None, Some(a)).unwrap();
         assert_eq!(r.bytes, total - a);
         assert_eq!(list(p).unwrap().len(), 1);
+        fs::create_dir_all(p.join("remote/sha256/cd")).unwrap();
+        for f in ["00000000", "00000001", "chunks"] {
+            fs::write(p.join("remote/sha256/cd").join(f), vec![1u8; 8192]).unwrap();
+        }
+        let r = bound_chunks(p, 10_000).unwrap();
+        assert_eq!(r.files, 1, "one chunk goes; the table stays");
+        assert!(p.join("remote/sha256/cd/chunks").exists());
+        fs::remove_dir_all(p.join("remote")).unwrap();
         assert_eq!(prune(p, true, None, None).unwrap().files, 1);
         assert!(list(p).unwrap().is_empty());
         assert!(list(&p.join("missing")).unwrap().is_empty());

@@ -68,6 +68,10 @@ pub enum Error {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// A registry refused or failed a request (the message names the
+    /// reference).
+    #[error("{0}")]
+    Registry(String),
     /// Bad command-line usage that clap cannot catch.
     #[error("{0}")]
     Usage(String),
@@ -96,6 +100,7 @@ impl Error {
             | Error::NotATar { .. }
             | Error::BadIndex { .. }
             | Error::Image { .. }
+            | Error::Registry(_)
             | Error::DigestMismatch { .. } => libc::EIO,
         }
     }

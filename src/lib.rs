@@ -35,6 +35,7 @@ pub mod inspect;
 pub mod layers;
 pub mod mount;
 pub mod overlay;
+pub mod registry;
 pub mod report;
 pub mod stack;
 pub mod sys;

@@ -52,6 +52,30 @@ struct CacheArgs {
     /// No progress line while a compressed layer is indexed.
     #[arg(short, long)]
     quiet: bool,
+    /// For --image docker://…: allow plain HTTP and unverified TLS to any
+    /// registry (loopback addresses get HTTP without it).
+    #[arg(long)]
+    insecure: bool,
+    /// For --image docker://…: a PEM file of CA certificates to trust besides
+    /// the system's.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// For --image docker://…: seconds a registry request may take before it
+    /// is retried, then fails (a read of the mount then gets EIO).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    registry_timeout: u64,
+    /// For --image docker://…: retries of a failed registry request (with
+    /// backoff; 429 Retry-After honoured).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    registry_retries: u32,
+    /// For --image docker://…: bound of the registry chunks kept in the
+    /// cache directory (shared by every mount; least recently used go first).
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    chunk_cache: u64,
+    /// For --image docker://…: do not use an index pushed with `unionfs index
+    /// --push` (each blob is then streamed once to index it).
+    #[arg(long)]
+    no_index_artifact: bool,
 }
 
 /// Parses `123`, `64K`, `4M`, `2G` (powers of 1024).
@@ -71,16 +95,28 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 impl CacheArgs {
     fn options(&self) -> IndexOptions {
+        unionfs::blob::remote::set_chunk_bound(self.chunk_cache);
         IndexOptions {
+            // Absolute: a mount daemon works from `/` (it writes fetched
+            // registry chunks there long after the start).
             cache_dir: if self.no_cache {
                 None
             } else {
                 self.cache_dir
                     .clone()
                     .or_else(IndexOptions::default_cache_dir)
+                    .map(|d| std::path::absolute(&d).unwrap_or(d))
             },
             checkpoint_spacing: self.checkpoint_spacing,
             quiet: self.quiet,
+            no_index_artifact: self.no_index_artifact,
+            registry: unionfs::registry::Options {
+                insecure: self.insecure,
+                ca: self.ca.clone(),
+                timeout: std::time::Duration::from_secs(self.registry_timeout.max(1)),
+                retries: self.registry_retries,
+                ..unionfs::registry::Options::default()
+            },
             ..IndexOptions::default()
         }
     }
@@ -108,8 +144,9 @@ struct ImageArgs {
     /// An image instead of --layers: a `docker save` archive, an OCI layout
     /// directory or an OCI archive, read in place. REF picks one image: a tag,
     /// a name (example/app:v2) or @sha256:… (an existing PATH wins over a split
-    /// at ':').
-    #[arg(long, value_name = "PATH[:REF]")]
+    /// at ':'). Or docker://HOST[:PORT]/REPO[:TAG|@DIGEST]: an image in a
+    /// registry, read lazily (only the bytes read are fetched).
+    #[arg(long, value_name = "PATH[:REF] | docker://…")]
     image: Option<String>,
     /// With --image: the platform to take from a multi-platform image
     /// [default: the host's].
@@ -337,6 +374,11 @@ enum Cmd {
         /// With --image: print one JSON object.
         #[arg(long, requires = "image")]
         json: bool,
+        /// With --image docker://…: push the layer indexes to the image's
+        /// repository as an OCI artifact referring to the image, so that
+        /// mounts elsewhere fetch no blob byte until a file is read.
+        #[arg(long, requires = "image")]
+        push: bool,
     },
     /// Write the changes in an upper directory as an OCI layer, or as a new
     /// image: the base image (--image) or layers (--layers) with that layer on
@@ -464,7 +506,16 @@ fn init_logger(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
+    // ureq logs raw request headers (Authorization among them) at trace:
+    // never below debug, whatever RUST_LOG says.
+    let cap = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .filter_module("ureq", cap)
+        .filter_module("ureq_proto", cap)
         .format_timestamp(None)
         .init();
 }
@@ -627,8 +678,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             cache,
             rebuild,
             json,
+            push,
         } => match image.image {
-            Some(_) => index_image(&image, &cache, rebuild, json),
+            Some(_) => index_image(&image, &cache, rebuild, json, push),
             None => index(&tars, &cache, rebuild),
         },
         Cmd::Commit {
@@ -904,13 +956,44 @@ fn verify_cmd(tar_path: &Path, diff_id: Option<&str>, cache: &CacheArgs) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn index_image(args: &ImageArgs, cache: &CacheArgs, rebuild: bool, json: bool) -> Result<ExitCode> {
+fn index_image(
+    args: &ImageArgs,
+    cache: &CacheArgs,
+    rebuild: bool,
+    json: bool,
+    push: bool,
+) -> Result<ExitCode> {
     let start = Instant::now();
     let img = args.open(cache)?.context("--image is required")?;
     let mut opts = cache.options();
     opts.rebuild = rebuild;
     let layers = img.open_layers(&opts)?;
     let total = start.elapsed();
+    let pushed = if push {
+        let r = ImageRef::parse(args.image.as_deref().unwrap_or_default())?;
+        let Some(remote) = &r.remote else {
+            bail!(
+                "--push: {} is not a registry image (docker://…)",
+                r.path.display()
+            );
+        };
+        let dir = opts.cache_dir.clone().context(
+            "--push needs the cache directory the indexes are built in (not --no-cache)",
+        )?;
+        let client = image::remote::client(remote, &opts)?;
+        let (digest, n) = image::artifact::push(&client, &img, &dir)?;
+        if !json {
+            eprintln!(
+                "pushed the indexes of {n} of {} layers as {} (artifact of {})",
+                img.layers.len(),
+                digest,
+                img.manifest_digest.as_deref().unwrap_or("?")
+            );
+        }
+        Some((digest, n))
+    } else {
+        None
+    };
     let chains = image::digest::chain_ids(&img.diff_ids());
     let mut out = io::stdout().lock();
     if json {
@@ -953,6 +1036,7 @@ fn index_image(args: &ImageArgs, cache: &CacheArgs, rebuild: bool, json: bool) -
             "platform": img.platform.to_string(),
             "chain_id": chains.last(),
             "layers": ls,
+            "index_artifact": pushed.as_ref().map(|(d, n)| serde_json::json!({"digest": d, "layers": n})),
             "total_ms": total.as_secs_f64() * 1e3,
         });
         writeln!(out, "{v}")?;

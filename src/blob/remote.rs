@@ -207,6 +207,8 @@ pub struct Remote {
     size: u64,
     /// `CACHE/remote/sha256/<hex>` (`None`: memory only).
     dir: Option<PathBuf>,
+    /// The cache directory.
+    cache: Option<PathBuf>,
     table: RwLock<Option<Arc<ChunkTable>>>,
     inflight: Mutex<HashMap<u64, Arc<Pending>>>,
     mem: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
@@ -224,6 +226,55 @@ impl std::fmt::Debug for Remote {
             .field("digest", &self.digest)
             .field("size", &self.size)
             .finish()
+    }
+}
+
+/// Bytes of chunks written to disk by this process, and the bound on the
+/// chunks kept (see [`set_chunk_bound`]).
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+static BOUND: AtomicU64 = AtomicU64::new(DEFAULT_BOUND);
+static SWEEPING: AtomicBool = AtomicBool::new(false);
+
+/// Default bound of the fetched chunks kept on disk (all mounts together).
+pub const DEFAULT_BOUND: u64 = 10 << 30;
+
+/// Bytes written between two checks of the bound.
+const SWEEP_EVERY: u64 = 64 << 20;
+
+/// Sets the bound of the fetched chunks kept on disk, for every mount of
+/// the cache directory (least recently used chunks go first).
+pub fn set_chunk_bound(bytes: u64) {
+    BOUND.store(bytes, Ordering::Relaxed);
+}
+
+/// Counts `n` bytes written under `cache`; every [`SWEEP_EVERY`] bytes, a
+/// background sweep brings the chunks back within the bound.
+fn written(cache: &Path, n: u64) {
+    let before = WRITTEN.fetch_add(n, Ordering::Relaxed);
+    if before / SWEEP_EVERY == (before + n) / SWEEP_EVERY || SWEEPING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let dir = cache.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("unionfs-sweep".into())
+        .spawn(move || {
+            match crate::cache::bound_chunks(&dir, BOUND.load(Ordering::Relaxed)) {
+                Ok(p) if p.files > 0 => log::info!(
+                    target: "unionfs::remote",
+                    "{}: {} fetched chunks ({} bytes) evicted to stay within the bound",
+                    dir.display(),
+                    p.files,
+                    p.bytes
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!(target: "unionfs::remote", "{}: sweeping chunks: {e}", dir.display())
+                }
+            }
+            SWEEPING.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        SWEEPING.store(false, Ordering::Release);
     }
 }
 
@@ -247,6 +298,7 @@ impl Remote {
             digest: format!("sha256:{hex}"),
             size,
             dir,
+            cache: cache.map(Path::to_owned),
             table: RwLock::new(None),
             inflight: Mutex::new(HashMap::new()),
             mem: Mutex::new(LruCache::new(NonZeroUsize::new(MEM_CHUNKS).expect("> 0"))),
@@ -472,7 +524,7 @@ impl Remote {
     ) -> Vec<io::Result<Arc<Vec<u8>>>> {
         let mut out: Vec<Option<io::Result<Arc<Vec<u8>>>>> = run
             .iter()
-            .map(|(j, _)| self.from_disk(t, *j).map(|c| Ok(Arc::new(c))))
+            .map(|(j, _)| self.disk_chunk(t, *j).map(|c| Ok(Arc::new(c))))
             .collect();
         // The missing ones: from the first missing to the last missing.
         let first = out.iter().position(Option::is_none);
@@ -528,8 +580,9 @@ impl Remote {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         if let Some(p) = self.chunk_path(j) {
-            if let Err(e) = write_chunk(&p, &c) {
-                log::warn!(target: "unionfs::remote", "cannot keep {}: {e}", p.display());
+            match write_chunk(&p, &c) {
+                Ok(()) => written(self.cache.as_deref().expect("a dir"), c.len() as u64),
+                Err(e) => log::warn!(target: "unionfs::remote", "cannot keep {}: {e}", p.display()),
             }
         }
         Ok(Arc::new(c))
@@ -537,7 +590,7 @@ impl Remote {
 
     /// Chunk `j` from the disk cache, if there and matching its digest (a
     /// damaged one is removed).
-    fn from_disk(&self, t: &ChunkTable, j: u64) -> Option<Vec<u8>> {
+    fn disk_chunk(&self, t: &ChunkTable, j: u64) -> Option<Vec<u8>> {
         let p = self.chunk_path(j)?;
         let c = fs::read(&p).ok()?;
         if Sha256::digest(&c)[..] != t.digests[j as usize] {

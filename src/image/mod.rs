@@ -12,8 +12,10 @@
 //! Knows JSON and digests, nothing of tar entries or FUSE (the archive's own
 //! index is [`store`]'s business).
 
+pub mod artifact;
 pub mod digest;
 mod reference;
+pub mod remote;
 pub mod spec;
 pub mod store;
 
@@ -122,6 +124,21 @@ fn open_store(path: &Path, opts: &IndexOptions) -> Result<Box<dyn Store>> {
 /// Reads the blob `digest` of `store` whole and checks it against its digest.
 /// `what` says what it is, for messages ("manifest for linux/amd64").
 fn read_verified(store: &dyn Store, digest: &str, what: &str) -> Result<Vec<u8>> {
+    read_doc_verified(store, digest, what, false)
+}
+
+/// [`read_verified`] for a manifest or an index (a registry serves those
+/// from another endpoint than blobs).
+fn read_manifest_verified(store: &dyn Store, digest: &str, what: &str) -> Result<Vec<u8>> {
+    read_doc_verified(store, digest, what, true)
+}
+
+fn read_doc_verified(
+    store: &dyn Store,
+    digest: &str,
+    what: &str,
+    manifest: bool,
+) -> Result<Vec<u8>> {
     let Some(hex) = digest::sha256_hex(digest) else {
         return Err(image_err(
             store.path().to_owned(),
@@ -129,7 +146,7 @@ fn read_verified(store: &dyn Store, digest: &str, what: &str) -> Result<Vec<u8>>
         ));
     };
     let rel = format!("blobs/sha256/{hex}");
-    let Some(bytes) = read_small(store, &rel)? else {
+    let Some(bytes) = store.document(&format!("sha256:{hex}"), manifest)? else {
         return Err(image_err(
             store.path().to_owned(),
             format!("the {what} (blob {digest}) is missing"),
@@ -199,6 +216,9 @@ impl PlatformChoice {
 impl Image {
     /// Opens the image `r` names, for `platform`.
     pub fn open(r: &ImageRef, platform: &PlatformChoice, opts: &IndexOptions) -> Result<Image> {
+        if let Some(remote) = &r.remote {
+            return remote::open(remote, platform, opts);
+        }
         let store = open_store(&r.path, opts)?;
         let store = store.as_ref();
         let has_layout = store.blob("oci-layout")?.is_some();
@@ -325,7 +345,7 @@ fn oci_config(store: &dyn Store, c: &Candidate) -> Option<String> {
     if spec::is_index(&d.media_type) {
         return None;
     }
-    let b = read_verified(store, &d.digest, "manifest").ok()?;
+    let b = read_manifest_verified(store, &d.digest, "manifest").ok()?;
     let m: spec::Manifest = serde_json::from_slice(&b).ok()?;
     Some(m.config.digest.to_ascii_lowercase())
 }
@@ -433,7 +453,7 @@ fn resolve_oci(
         Some(p) => format!("manifest for {p}"),
         None => "manifest".to_owned(),
     };
-    let bytes = read_verified(store, &manifest_desc.digest, &what)?;
+    let bytes = read_manifest_verified(store, &manifest_desc.digest, &what)?;
     let rel = blob_rel(&manifest_desc.digest);
     let m: spec::Manifest = parse_json(store, &rel, "image manifest", &bytes)?;
     if !(m.media_type.is_empty() || spec::is_manifest(&m.media_type)) {
@@ -482,7 +502,7 @@ fn resolve_oci(
                 ),
             ));
         }
-        let Some(blob) = store.blob(&lrel)? else {
+        let Some(blob) = store.layer(&lrel, &l.digest, l.size.max(0) as u64)? else {
             return Err(image_err(
                 store.path().to_owned(),
                 format!("layer {i} (blob {}){for_plat} is missing", l.digest),
@@ -571,7 +591,7 @@ fn pick_platform(
             "image indexes nest too deep".into(),
         ));
     }
-    let bytes = read_verified(store, &d.digest, "image index")?;
+    let bytes = read_manifest_verified(store, &d.digest, "image index")?;
     let index: spec::Index = parse_json(store, &blob_rel(&d.digest), "image index", &bytes)?;
     let mut seen = Vec::new();
     for m in &index.manifests {

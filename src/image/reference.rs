@@ -12,6 +12,9 @@ pub struct ImageRef {
     pub path: PathBuf,
     /// Which image in it: a tag, a full name, or `@sha256:…`.
     pub reference: Option<String>,
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: an image in a registry
+    /// (`path` is then the whole reference, for messages).
+    pub remote: Option<crate::registry::Reference>,
 }
 
 impl ImageRef {
@@ -23,10 +26,20 @@ impl ImageRef {
         if spec.is_empty() {
             return Err(Error::Usage("--image: empty path".into()));
         }
+        if let Some(rest) = spec.strip_prefix("docker://") {
+            let r = crate::registry::Reference::parse(rest)
+                .map_err(|why| Error::Usage(format!("--image {spec}: {why}")))?;
+            return Ok(ImageRef {
+                path: spec.into(),
+                reference: None,
+                remote: Some(r),
+            });
+        }
         if Path::new(spec).symlink_metadata().is_ok() {
             return Ok(ImageRef {
                 path: spec.into(),
                 reference: None,
+                remote: None,
             });
         }
         for (i, c) in spec.char_indices().rev() {
@@ -38,6 +51,7 @@ impl ImageRef {
                 return Ok(ImageRef {
                     path: spec[..i].into(),
                     reference: Some(rest.to_owned()),
+                    remote: None,
                 });
             }
         }

@@ -32,15 +32,27 @@ pub trait Store: Send + Sync {
     /// The bytes of the file at `rel` (relative, `/`-separated), or `Ok(None)`
     /// if there is none.
     fn blob(&self, rel: &str) -> Result<Option<Blob>>;
+    /// The bytes of document `digest` (a manifest or index if `manifest`,
+    /// else a config), unchecked, or `Ok(None)` if there is none. A layout
+    /// or an archive keeps both as blobs.
+    fn document(&self, digest: &str, manifest: bool) -> Result<Option<Vec<u8>>> {
+        let _ = manifest;
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        read_small_dyn(self, &format!("blobs/sha256/{hex}"))
+    }
+    /// The layer blob at `rel`, whose manifest says it has `digest` and
+    /// `size` bytes (a registry needs both to read it without asking).
+    fn layer(&self, rel: &str, digest: &str, size: u64) -> Result<Option<Blob>> {
+        let _ = (digest, size);
+        self.blob(rel)
+    }
     /// The name messages give the file at `rel`: `STORE:rel`.
     fn name(&self, rel: &str) -> PathBuf {
         PathBuf::from(format!("{}:{rel}", self.path().display()))
     }
 }
 
-/// Reads the small file at `rel` whole (at most [`MAX_JSON`] bytes); `Ok(None)`
-/// if absent.
-pub fn read_small(store: &dyn Store, rel: &str) -> Result<Option<Vec<u8>>> {
+fn read_small_dyn<S: Store + ?Sized>(store: &S, rel: &str) -> Result<Option<Vec<u8>>> {
     let Some(b) = store.blob(rel)? else {
         return Ok(None);
     };
@@ -56,6 +68,12 @@ pub fn read_small(store: &dyn Store, rel: &str) -> Result<Option<Vec<u8>>> {
     let mut v = vec![0u8; b.len() as usize];
     crate::tar::scan::read_exact_at(&b, &mut v, 0).map_err(|e| Error::io(store.name(rel), e))?;
     Ok(Some(v))
+}
+
+/// Reads the small file at `rel` whole (at most [`MAX_JSON`] bytes); `Ok(None)`
+/// if absent.
+pub fn read_small(store: &dyn Store, rel: &str) -> Result<Option<Vec<u8>>> {
+    read_small_dyn(store, rel)
 }
 
 /// An error about a file of an image.

@@ -25,8 +25,8 @@ pub use persist::TarIdentity;
 
 use crate::blob::seek::{self, Encoding};
 use crate::blob::{self, Blob, Decoded};
-use crate::tar::scan::ReadAt;
 use crate::error::{Error, Result};
+use crate::tar::scan::ReadAt;
 
 /// Reads at least this large trigger a prefetch of what follows.
 const PREFETCH_MIN: usize = 128 << 10;
@@ -44,6 +44,10 @@ pub struct IndexOptions {
     pub checkpoint_spacing: u64,
     /// No progress line while a compressed layer is decoded.
     pub quiet: bool,
+    /// How registries are reached (`--image docker://…`).
+    pub registry: crate::registry::Options,
+    /// Do not look for a pushed index artifact of a registry image.
+    pub no_index_artifact: bool,
 }
 
 /// Default gzip checkpoint spacing, measured on a 1.3 GB tar.gz (gzip -6):
