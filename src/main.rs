@@ -219,7 +219,9 @@ enum Cmd {
         /// no_default_permissions, nopassthrough, provenance (list the virtual
         /// user.unionfs.layer and user.unionfs.shadows xattrs in listxattr;
         /// getxattr always answers them) (default: nosuid, nodev, kernel
-        /// permission checks, and, as root, FUSE passthrough of upper files).
+        /// permission checks, and, as root, FUSE passthrough of upper files),
+        /// prefetch (registry images: fetch every layer's chunks in the
+        /// background once mounted, reads first).
         #[arg(short = 'o', value_name = "OPT[,OPT…]")]
         options: Vec<String>,
         /// FUSE worker threads.
@@ -602,8 +604,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     "passthrough" => cfg.no_passthrough = false,
                     "nopassthrough" => cfg.no_passthrough = true,
                     "provenance" => cfg.provenance = true,
+                    "prefetch" => cfg.prefetch = true,
                     "ro" => {}
-                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough, provenance)"),
+                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough, provenance, prefetch)"),
                 }
             }
             unionfs::blob::decoded::set_cache_bytes(span_cache);

@@ -30,6 +30,9 @@ use crate::upper::{Upper, WhiteoutFormat, OVERRIDE_XATTR};
 /// Everything `unionfs mount` needs.
 #[derive(Clone, Debug, Default)]
 pub struct MountConfig {
+    /// Registry images: fetch every layer's chunks in the background once
+    /// mounted (`-o prefetch`).
+    pub prefetch: bool,
     /// The lower layers: loose tars or an image.
     pub source: crate::layers::Source,
     /// Where to mount.
@@ -280,6 +283,13 @@ pub fn run(cfg: &MountConfig) -> Result<()> {
 
 fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
     let (stack, image) = crate::layers::open(&cfg.source, &cfg.index)?;
+    if cfg.prefetch {
+        for l in stack.layers() {
+            if let Some(r) = l.blob().stored().as_remote() {
+                r.clone().fetch_all();
+            }
+        }
+    }
     let labels = crate::layers::labels(&stack, image.as_ref());
     drop(image);
     let prov = ProvenanceXattrs::new(labels, cfg.provenance);

@@ -234,6 +234,15 @@ impl Decoded {
         }
     }
 
+    /// The stored bytes (compressed, for a compressed blob).
+    pub fn stored(&self) -> &Blob {
+        match self {
+            Decoded::Plain(b) => b,
+            Decoded::Gzip(c) => &c.src,
+            Decoded::Zstd(c) => &c.src,
+        }
+    }
+
     /// How the bytes are stored: `tar`, `gzip` or `zstd`.
     pub fn encoding(&self) -> &'static str {
         match self {

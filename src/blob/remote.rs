@@ -306,21 +306,35 @@ impl Remote {
             run: AtomicU64::new(1),
             prefetching: AtomicBool::new(false),
         };
-        if let Some(p) = r.table_path() {
-            match fs::read(&p) {
-                Ok(b) => match ChunkTable::from_bytes(&b, size) {
-                    Ok(t) => *r.table.write() = Some(Arc::new(t)),
-                    Err(why) => log::warn!(
+        r.load_table();
+        r
+    }
+
+    /// Loads the chunk table kept on disk, if there is one.
+    fn load_table(&self) -> Option<Arc<ChunkTable>> {
+        let p = self.table_path()?;
+        match fs::read(&p) {
+            Ok(b) => match ChunkTable::from_bytes(&b, self.size) {
+                Ok(t) => {
+                    let t = Arc::new(t);
+                    *self.table.write() = Some(t.clone());
+                    Some(t)
+                }
+                Err(why) => {
+                    log::warn!(
                         target: "unionfs::remote",
                         "{}: {why}; the blob will be streamed again",
                         p.display()
-                    ),
-                },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!(target: "unionfs::remote", "{}: {e}", p.display()),
+                    );
+                    None
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                log::warn!(target: "unionfs::remote", "{}: {e}", p.display());
+                None
             }
         }
-        r
     }
 
     /// The blob's size.
@@ -349,12 +363,14 @@ impl Remote {
     /// Returns true if and only if the chunk table is known (a pass over the
     /// whole blob matched its digest, here or on an earlier run).
     pub fn has_table(&self) -> bool {
-        self.table.read().is_some()
+        self.table().is_some()
     }
 
-    /// The chunk table, if known.
+    /// The chunk table, if known (here, or on disk since: another process,
+    /// or an index artifact, may have written it).
     pub fn table(&self) -> Option<Arc<ChunkTable>> {
-        self.table.read().clone()
+        let t = self.table.read().clone();
+        t.or_else(|| self.load_table())
     }
 
     /// Adopts `t` (from a pass whose blob digest matched, or from an index
@@ -438,6 +454,45 @@ impl Remote {
             done += k;
         }
         Ok(n)
+    }
+
+    /// Fetches, on a background thread, every chunk not cached yet, in
+    /// runs of [`MAX_RUN`] (`-o prefetch`). Readers go first: a chunk they
+    /// want is fetched by them, or waited for if this thread has it in
+    /// flight.
+    pub fn fetch_all(self: Arc<Self>) {
+        if self.dir.is_none() {
+            log::warn!(target: "unionfs::remote", "prefetch: no cache directory to keep {} in", self.name());
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-prefetch-all".into())
+            .spawn(move || {
+                let Some(t) = self.table() else { return };
+                let start = std::time::Instant::now();
+                let mut i = 0;
+                while i < t.chunks() {
+                    let cached = self.chunk_path(i).is_some_and(|p| p.exists())
+                        || self.mem.lock().contains(&i);
+                    if !cached {
+                        if let Err(e) = self.chunk(&t, i, MAX_RUN) {
+                            log::warn!(target: "unionfs::remote", "prefetch of {} stopped: {e}", self.name());
+                            return;
+                        }
+                    }
+                    i += 1;
+                }
+                log::info!(
+                    target: "unionfs::remote",
+                    "{}: all {} chunks cached in {:.1} s",
+                    self.name(),
+                    t.chunks(),
+                    start.elapsed().as_secs_f64()
+                );
+            });
+        if let Err(e) = spawned {
+            log::warn!(target: "unionfs::remote", "cannot start a prefetch thread: {e}");
+        }
     }
 
     /// Fetches, in the background, the chunks holding `len` bytes at `off`
