@@ -217,6 +217,9 @@ pub struct Remote {
     run: AtomicU64,
     /// A background prefetch is running.
     prefetching: AtomicBool,
+    /// The blob's first bytes, fetched once before there is a table (the
+    /// encoding is sniffed several times while an image opens).
+    head: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -305,6 +308,7 @@ impl Remote {
             last_end: AtomicU64::new(u64::MAX),
             run: AtomicU64::new(1),
             prefetching: AtomicBool::new(false),
+            head: std::sync::OnceLock::new(),
         };
         r.load_table();
         r
@@ -420,7 +424,22 @@ impl Remote {
         let n = buf.len().min((self.size - off) as usize);
         let Some(t) = self.table() else {
             // Before any pass: only the header bytes that tell the encoding
-            // are read this way (see the module comment).
+            // are read this way (see the module comment), once.
+            let head_len = self.size.min(HEAD as u64);
+            if off + n as u64 <= head_len {
+                let head = match self.head.get() {
+                    Some(h) => h,
+                    None => {
+                        let got = self.fetch.range(&self.digest, 0, head_len)?;
+                        COUNTERS
+                            .fetched
+                            .fetch_add(got.len() as u64, Ordering::Relaxed);
+                        self.head.get_or_init(|| got)
+                    }
+                };
+                buf[..n].copy_from_slice(&head[off as usize..off as usize + n]);
+                return Ok(n);
+            }
             let got = self.fetch.range(&self.digest, off, n as u64)?;
             COUNTERS
                 .fetched

@@ -72,12 +72,21 @@ pub struct Files {
 
 /// The cache files of `layer` (as `tar::TarLayer::open_verified` names them).
 pub fn files(cache: &Path, layer: &LayerDesc) -> Option<Files> {
-    let blob = crate::image::digest::sha256_hex(layer.digest.as_deref()?)?;
-    let diff = crate::image::digest::sha256_hex(&layer.diff_id)?;
+    files_of(
+        cache,
+        layer.digest.as_deref()?,
+        &layer.diff_id,
+        layer.encoding != Encoding::Plain,
+    )
+}
+
+/// The cache files of the layer with blob `digest` and `diff_id`.
+fn files_of(cache: &Path, digest: &str, diff_id: &str, compressed: bool) -> Option<Files> {
+    let blob = crate::image::digest::sha256_hex(digest)?;
+    let diff = crate::image::digest::sha256_hex(diff_id)?;
     Some(Files {
         chunks: cache_root(cache).join("sha256").join(&blob).join("chunks"),
-        seek: (layer.encoding != Encoding::Plain)
-            .then(|| cache.join("blobs").join(format!("sha256-{blob}.seek"))),
+        seek: compressed.then(|| cache.join("blobs").join(format!("sha256-{blob}.seek"))),
         index: cache.join(format!("sha256-{diff}.uidx")),
     })
 }
@@ -108,9 +117,9 @@ pub fn pack(f: &Files) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Unpacks a pack into the cache files of `layer` (each written
-/// atomically), after checking its chunk table against the blob's size.
-pub fn unpack(pack: &[u8], layer: &LayerDesc, f: &Files) -> std::result::Result<(), String> {
+/// The parts of a pack: chunk table, seek table (empty for a plain
+/// layer), tar index.
+fn parts(pack: &[u8]) -> std::result::Result<[&[u8]; 3], String> {
     let mut rest = pack
         .strip_prefix(&PACK_MAGIC[..])
         .ok_or("not a unionfs layer index")?;
@@ -128,7 +137,14 @@ pub fn unpack(pack: &[u8], layer: &LayerDesc, f: &Files) -> std::result::Result<
     if !rest.is_empty() {
         return Err("trailing bytes".into());
     }
-    ChunkTable::from_bytes(parts[0], layer.size)?;
+    Ok([parts[0], parts[1], parts[2]])
+}
+
+/// Unpacks a pack into the cache files `f` of a blob of `size` bytes (each
+/// written atomically), after checking its chunk table against that size.
+pub fn unpack(pack: &[u8], size: u64, f: &Files) -> std::result::Result<(), String> {
+    let parts = parts(pack)?;
+    ChunkTable::from_bytes(parts[0], size)?;
     if f.seek.is_some() == parts[1].is_empty() {
         return Err("its seek table does not fit the layer's encoding".into());
     }
@@ -216,22 +232,35 @@ pub fn push(client: &Client, img: &Image, cache: &Path) -> Result<(String, usize
     Ok((digest, n))
 }
 
-/// Finds the newest index artifact of `img` and unpacks the indexes of the
-/// layers whose cache files are missing; returns how many were adopted.
-/// Anything wrong with an artifact is logged and skipped (the mount then
-/// streams those blobs): an index is an optimisation, never a requirement.
-pub fn fetch(client: &Client, img: &Image, cache: &Path) -> usize {
-    let Some(subject) = img.manifest_digest.as_deref() else {
-        return 0;
+/// One layer as a manifest and its config describe it.
+#[derive(Clone, Debug)]
+pub struct Wanted {
+    /// The blob's digest.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// Its diffID (from the config).
+    pub diff_id: String,
+}
+
+/// Finds the newest index artifact of the manifest `subject`, whose layers
+/// are `layers` (from the manifest and the config, both checked against
+/// their digests), and unpacks the indexes of the layers whose cache files
+/// are missing; returns how many were adopted. A pack is taken only for a
+/// layer of this image, under the blob digest and diffID this image gives
+/// it (never a key the artifact names alone). Anything wrong with an
+/// artifact is logged and skipped (those blobs are then streamed): an index
+/// is an optimisation, never a requirement.
+pub fn fetch(client: &Client, subject: &str, layers: &[Wanted], cache: &Path) -> usize {
+    let missing = |compressed: bool, l: &Wanted| {
+        files_of(cache, &l.digest, &l.diff_id, compressed).filter(|f| !f.present())
     };
-    let missing: Vec<(usize, Files)> = img
-        .layers
+    // Whether a layer is compressed is known only from its pack: a layer
+    // counts as missing if either form of its files is incomplete.
+    if layers
         .iter()
-        .enumerate()
-        .filter_map(|(i, l)| files(cache, l).map(|f| (i, f)))
-        .filter(|(_, f)| !f.present())
-        .collect();
-    if missing.is_empty() {
+        .all(|l| missing(true, l).is_none() || missing(false, l).is_none())
+    {
         return 0;
     }
     let refs = match client.referrers(subject, Some(ARTIFACT_TYPE)) {
@@ -241,8 +270,8 @@ pub fn fetch(client: &Client, img: &Image, cache: &Path) -> usize {
             return 0;
         }
     };
-    // The last one listed (the fallback tag index appends; the API lists
-    // in no set order, so prefer the one created last where annotated).
+    // The newest, by its creation annotation (the referrers API lists in
+    // no set order).
     let Some(d) = refs.iter().max_by_key(|d| {
         d.annotation("org.opencontainers.image.created")
             .map(str::to_owned)
@@ -266,21 +295,29 @@ pub fn fetch(client: &Client, img: &Image, cache: &Path) -> usize {
         }
     };
     let mut adopted = 0;
-    for (i, f) in missing {
-        let l = &img.layers[i];
+    for (i, l) in layers.iter().enumerate() {
         let Some(p) = m.layers.iter().find(|p| {
             p.media_type == LAYER_INDEX_TYPE
-                && p.annotation(ANN_BLOB) == l.digest.as_deref()
-                && p.annotation(ANN_DIFF_ID) == Some(l.diff_id.as_str())
+                && p.annotation(ANN_BLOB)
+                    .is_some_and(|b| b.eq_ignore_ascii_case(&l.digest))
+                && p.annotation(ANN_DIFF_ID)
+                    .is_some_and(|b| b.eq_ignore_ascii_case(&l.diff_id))
         }) else {
             continue;
         };
         let r = client
             .blob(&p.digest, MAX_PACK)
             .map_err(|e| e.to_string())
-            .and_then(|b| unpack(&b, l, &f));
+            .and_then(|b| {
+                let compressed = !parts(&b)?[1].is_empty();
+                match missing(compressed, l) {
+                    Some(f) => unpack(&b, l.size, &f).map(|()| true),
+                    None => Ok(false),
+                }
+            });
         match r {
-            Ok(()) => adopted += 1,
+            Ok(true) => adopted += 1,
+            Ok(false) => {}
             Err(why) => log::warn!(
                 target: "unionfs::image",
                 "index artifact {}: layer {i}: {why}; the blob will be streamed",

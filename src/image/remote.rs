@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::artifact::Wanted;
 use super::spec::{self, Descriptor};
 use super::store::{image_err, Store, MAX_JSON};
 use super::{digest, resolve_oci, Candidate, Image, Kind, PlatformChoice};
@@ -41,6 +42,50 @@ struct RegistryStore {
     /// The document the reference named, already fetched: (digest, bytes).
     top: (String, Vec<u8>),
     cache: Option<PathBuf>,
+    /// Look for a pushed index artifact (not `--no-index-artifact`).
+    artifact: bool,
+    /// The last image manifest fetched (the one whose config comes next).
+    manifest: parking_lot::Mutex<Option<(String, Vec<u8>)>>,
+}
+
+impl RegistryStore {
+    /// Once the config of the manifest just fetched is known (both checked
+    /// against their digests), adopts the pushed indexes of its layers,
+    /// before any layer is touched: with them, no blob byte is read until a
+    /// file is.
+    fn adopt_indexes(&self, config_digest: &str, config: &[u8]) {
+        let Some(cache) = self.cache.as_deref().filter(|_| self.artifact) else {
+            return;
+        };
+        let Some((mdigest, mbytes)) = self.manifest.lock().clone() else {
+            return;
+        };
+        if digest::of(&mbytes) != mdigest || digest::of(config) != config_digest {
+            return; // the resolution reports it
+        }
+        let (Ok(m), Ok(c)) = (
+            serde_json::from_slice::<spec::Manifest>(&mbytes),
+            serde_json::from_slice::<spec::Config>(config),
+        ) else {
+            return;
+        };
+        if !m.config.digest.eq_ignore_ascii_case(config_digest)
+            || m.layers.len() != c.rootfs.diff_ids.len()
+        {
+            return;
+        }
+        let wanted: Vec<Wanted> = m
+            .layers
+            .iter()
+            .zip(&c.rootfs.diff_ids)
+            .map(|(l, d)| Wanted {
+                digest: l.digest.to_ascii_lowercase(),
+                size: l.size.max(0) as u64,
+                diff_id: d.to_ascii_lowercase(),
+            })
+            .collect();
+        super::artifact::fetch(&self.client, &mdigest, &wanted, cache);
+    }
 }
 
 fn registry_err(e: crate::registry::Error) -> Error {
@@ -64,14 +109,18 @@ impl Store for RegistryStore {
     }
 
     fn document(&self, digest: &str, manifest: bool) -> Result<Option<Vec<u8>>> {
-        if digest.eq_ignore_ascii_case(&self.top.0) {
-            return Ok(Some(self.top.1.clone()));
-        }
-        let bytes = if manifest {
+        let bytes = if digest.eq_ignore_ascii_case(&self.top.0) {
+            self.top.1.clone()
+        } else if manifest {
             self.client.manifest(digest).map_err(registry_err)?.bytes
         } else {
             self.client.blob(digest, MAX_JSON).map_err(registry_err)?
         };
+        if manifest {
+            *self.manifest.lock() = Some((digest.to_ascii_lowercase(), bytes.clone()));
+        } else {
+            self.adopt_indexes(digest, &bytes);
+        }
         Ok(Some(bytes))
     }
 
@@ -125,6 +174,8 @@ pub fn open(r: &Reference, platform: &PlatformChoice, opts: &IndexOptions) -> Re
         name: name.clone(),
         top: (desc.digest.clone(), top.bytes),
         cache: opts.cache_dir.clone(),
+        artifact: !(opts.no_index_artifact || opts.rebuild),
+        manifest: parking_lot::Mutex::new(None),
     };
     let names = match &r.tag {
         Some(t) => vec![format!("{}/{}:{t}", r.host, r.repo)],
@@ -137,9 +188,6 @@ pub fn open(r: &Reference, platform: &PlatformChoice, opts: &IndexOptions) -> Re
         kind: Kind::Oci(desc.clone()),
     };
     let image = resolve_oci(&store, &desc, &cand, platform)?;
-    if let (Some(cache), false) = (&opts.cache_dir, opts.no_index_artifact || opts.rebuild) {
-        super::artifact::fetch(&store.client, &image, cache);
-    }
     if platform.explicit && !platform.accepts(&image.platform) {
         return Err(image_err(
             name,

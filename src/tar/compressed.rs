@@ -164,8 +164,21 @@ pub(super) fn open(
     let built = build_index(name, &out_h, UNKNOWN_LEN);
     let diff_id = built.and_then(|i| Ok((i, out_h.finish().map_err(|e| Error::io(name, e))?)));
     drop(progress);
-    let (mut index, diff_id) = diff_id?;
-    let table = dec.finish().map_err(|e| Error::io(name, e))?;
+    let remote = stream.is_some();
+    let (mut index, diff_id) = match diff_id {
+        Ok(v) => v,
+        Err(e) => {
+            drop(dec);
+            return Err(super::blame_transfer(name, remote, k.blob_digest, src_h, e));
+        }
+    };
+    let table = match dec.finish() {
+        Ok(t) => t,
+        Err(e) => {
+            let e = Error::io(name, e);
+            return Err(super::blame_transfer(name, remote, k.blob_digest, src_h, e));
+        }
+    };
     let digest = src_h.finish().map_err(|e| Error::io(name, e))?;
     for (want, got, what) in [
         (k.blob_digest, &digest, "the blob's digest"),

@@ -137,6 +137,30 @@ fn check_head(path: &Path, blob: &Blob) -> Result<()> {
     Ok(())
 }
 
+/// A registry blob whose indexing pass failed: bytes that fail to decode
+/// may be the image's fault or the transfer's. Reads the rest of the
+/// stream: if the blob does not match its digest, that is the error to
+/// report (naming the blob); else the pass's own.
+pub(super) fn blame_transfer<R: ReadAt + ?Sized>(
+    name: &Path,
+    remote: bool,
+    want: Option<&str>,
+    hashing: blob::Hashing<'_, R>,
+    e: Error,
+) -> Error {
+    let (true, Some(want)) = (remote, want) else {
+        return e;
+    };
+    match hashing.finish() {
+        Ok(got) if !got.is_empty() && !got.eq_ignore_ascii_case(want) => Error::DigestMismatch {
+            path: name.to_owned(),
+            expected: format!("{want} (the blob's digest: the registry sent other bytes)"),
+            actual: got,
+        },
+        _ => e,
+    }
+}
+
 impl TarLayer {
     /// Opens `path`, loading its stored index or building (and storing) a new one.
     pub fn open(path: &Path, opts: &IndexOptions) -> Result<TarLayer> {
@@ -350,7 +374,13 @@ impl TarLayer {
             None => &blob,
         };
         let hashing = blob::Hashing::new(reader);
-        let index = build_index(name, &hashing, blob.len())?;
+        let index = match build_index(name, &hashing, blob.len()) {
+            Ok(i) => i,
+            Err(e) => {
+                let remote = stream.is_some();
+                return Err(blame_transfer(name, remote, Some(diff_id), hashing, e));
+            }
+        };
         let actual = hashing.finish().map_err(|e| Error::io(name, e))?;
         if !actual.eq_ignore_ascii_case(diff_id) {
             return Err(mismatch(actual));
