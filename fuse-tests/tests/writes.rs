@@ -207,6 +207,60 @@ fn append_copies_up_data_and_metadata_and_leaves_the_tars_alone() {
     assert_eq!(tar_sums, after, "a layer tar changed");
 }
 
+/// A copy-up is no change the merged view shows: the directories it passes
+/// through keep their mtimes (kernel `ovl_copy_up_one` puts the parent's
+/// times back), as kernel overlayfs shows, at once and after the 1 s TTL.
+#[test]
+fn copy_up_leaves_the_times_of_the_directories_above_alone() {
+    if !oracle::oracle_available() {
+        return;
+    }
+    let layers = image();
+    let rw = rw!(layers);
+    let p = oracle::prepare(&layers);
+    let w = p.work.path().canonicalize().unwrap();
+    let (upper, work, mnt) = (w.join("ou"), w.join("ow"), w.join("om"));
+    for d in [&upper, &work, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    let ovl = oracle::Overlay::mount_rw(&p.lowers, &upper, &work, &mnt);
+    let dirs = ["", "data", "data/sub", "usr", "usr/bin", "etc"];
+    let times = |root: &Path| -> Vec<(String, i64, i64)> {
+        dirs.iter()
+            .map(|d| {
+                let m = fs::symlink_metadata(root.join(d)).unwrap();
+                (d.to_string(), m.mtime(), m.mtime_nsec())
+            })
+            .collect()
+    };
+    // (The root is each upper's own root directory, made at different times.)
+    let before = times(rw.root());
+    let ovl_before = times(&ovl.path);
+    assert_eq!(before[1..], ovl_before[1..], "before any change");
+    // Copy-ups three deep, of data and of metadata only.
+    for root in [rw.root(), ovl.path.as_path()] {
+        OpenOptions::new()
+            .append(true)
+            .open(root.join("data/sub/a"))
+            .unwrap()
+            .write_all(b"more\n")
+            .unwrap();
+        fs::set_permissions(root.join("usr/bin/tool"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(root.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(times(rw.root()), before, "at once");
+    assert_eq!(times(&ovl.path), ovl_before, "kernel overlayfs");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(times(rw.root()), before, "after the TTL");
+    // A real change of a directory still shows.
+    fs::write(rw.p("data/sub/new"), "n").unwrap();
+    let after = times(rw.root());
+    assert_ne!(
+        after[2], before[2],
+        "creating a file changes its directory's mtime"
+    );
+}
+
 #[test]
 fn chmod_chown_utimes_copy_up_and_persist_across_remount() {
     let mut rw = rw!(image());

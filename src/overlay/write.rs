@@ -95,6 +95,12 @@ impl Overlay {
             return Ok(());
         };
         let top = m.top;
+        // The parent's times, to put back once the child is linked in
+        // (kernel `ovl_copy_up_one` → `ovl_set_timestamps`): a copy-up is
+        // not a change the merged view shows.
+        let (_, parent_path) = path.split_last().ok_or_else(|| eno(libc::EINVAL))?;
+        let parent_fd = self.upper.open_dir(parent_path)?;
+        let pst = crate::sys::fstat(parent_fd.as_fd())?;
         let meta = lower_meta(&self.stack, top);
         let rec = self.stack.rec(top);
         let idx = self.stack.index(top);
@@ -116,7 +122,18 @@ impl Overlay {
             }
         };
         let st = match done {
-            CopiedUp::Created(st) => st,
+            CopiedUp::Created(st) => {
+                let ts = |s: i64, ns: i64| libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: ns,
+                };
+                crate::sys::futimens(
+                    parent_fd.as_fd(),
+                    Some(ts(pst.st_atime, pst.st_atime_nsec)),
+                    Some(ts(pst.st_mtime, pst.st_mtime_nsec)),
+                )?;
+                st
+            }
             CopiedUp::Existed => self.upper.stat(path)?,
         };
         let mut tree = self.tree.write();
