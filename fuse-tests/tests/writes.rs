@@ -207,6 +207,109 @@ fn append_copies_up_data_and_metadata_and_leaves_the_tars_alone() {
     assert_eq!(tar_sums, after, "a layer tar changed");
 }
 
+/// What another process sees of `paths` under `root`, through the kernel's
+/// caches: type, mode, link count, size and content digest of files, user
+/// xattrs, listings (relative names, so two mounts compare; not the sizes
+/// of directories, which are the upper filesystem's, nor their link counts:
+/// overlayfs reports 1 for a merged directory, unionfs counts).
+fn observe(root: &Path, paths: &[&str]) -> String {
+    let script = r#"
+        for p in "$@"; do
+            if [ -e "$p" ] || [ -L "$p" ]; then
+                stat -c '%n %F %a' -- "$p"
+                [ -d "$p" ] || stat -c 'links %h' -- "$p"
+                [ -f "$p" ] && stat -c 'size %s' -- "$p" && sha256sum -- "$p"
+                [ -d "$p" ] && ls -A -- "$p" | sort | tr '\n' ' ' && echo
+                getfattr -h -d -m '^user\.' -- "$p" 2>/dev/null | grep -v '^#'
+            else
+                echo "$p: absent"
+            fi
+        done"#;
+    let out = Command::new("sh")
+        .current_dir(root)
+        .args(["-c", script, "observe"])
+        .args(paths)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// With long kernel cache TTLs on a writable mount, every change is seen at
+/// once by another process — the names and attributes the kernel had cached
+/// (each step first warms them) included — exactly as kernel overlayfs shows
+/// it after the same steps: renames, unlinks, a copy-up of one name of a
+/// lower hard link, a directory removed and made again (opaque), an xattr
+/// change, a chmod, a create in a listed directory, a rename of a directory
+/// with lower content.
+#[test]
+fn every_change_is_seen_at_once_by_another_process() {
+    if !oracle::oracle_available() {
+        return;
+    }
+    let layers = image();
+    let rw = rw!(layers);
+    let p = oracle::prepare(&layers);
+    let w = p.work.path().canonicalize().unwrap();
+    let (upper, work, mnt) = (w.join("ou"), w.join("ow"), w.join("om"));
+    for d in [&upper, &work, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    let ovl = oracle::Overlay::mount_rw(&p.lowers, &upper, &work, &mnt);
+    let watch = [
+        ".",
+        "etc",
+        "etc/passwd",
+        "etc/passwd2",
+        "etc/app.conf",
+        "usr/bin",
+        "usr/bin/tool",
+        "usr/bin/tool-again",
+        "data",
+        "data/sub",
+        "data/sub/a",
+        "data2",
+        "data2/sub",
+        "data2/sub/a",
+        "var/cache",
+        "var/cache/new",
+    ];
+    type Step = (&'static str, &'static str);
+    let steps: [Step; 9] = [
+        ("rename a file", "mv etc/passwd etc/passwd2"),
+        ("chmod", "chmod 600 etc/app.conf"),
+        ("an xattr", "setfattr -n user.k -v v1 etc/app.conf"),
+        ("the xattr again", "setfattr -n user.k -v v2 etc/app.conf"),
+        (
+            "copy-up of one name of a lower hard link",
+            "echo more >> usr/bin/tool",
+        ),
+        ("unlink of the other name", "rm usr/bin/tool-again"),
+        (
+            "rmdir + mkdir: opaque",
+            "rm -r var/cache && mkdir var/cache",
+        ),
+        ("create in a listed directory", "echo n > var/cache/new"),
+        ("rename of a directory with lower content", "mv data data2"),
+    ];
+    for (what, cmd) in steps {
+        for root in [rw.root(), ovl.path.as_path()] {
+            observe(root, &watch); // warm every cache
+            let st = Command::new("sh")
+                .current_dir(root)
+                .args(["-c", cmd])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{what}: `{cmd}` failed in {}", root.display());
+        }
+        let ours = observe(rw.root(), &watch);
+        let theirs = observe(&ovl.path, &watch);
+        assert_eq!(
+            ours, theirs,
+            "after {what} (`{cmd}`): unionfs vs kernel overlayfs"
+        );
+    }
+}
+
 /// A copy-up is no change the merged view shows: the directories it passes
 /// through keep their mtimes (kernel `ovl_copy_up_one` puts the parent's
 /// times back), as kernel overlayfs shows, at once and after the 1 s TTL.

@@ -33,7 +33,7 @@ use crate::overlay::{Attr, Handle, Overlay};
 use crate::upper::{SetAttr, Time};
 
 /// How long the kernel may cache names and attributes on a writable mount.
-pub const RW_TTL: Duration = Duration::from_secs(1);
+pub const RW_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The writable union as fuser sees it.
 #[derive(Debug)]
@@ -469,7 +469,13 @@ impl Filesystem for RwFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps the listing across opens until the directory
+            // changes (every change goes through this mount, and the kernel
+            // drops the cached listing of a directory it changed).
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }

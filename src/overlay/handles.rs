@@ -31,8 +31,10 @@ pub enum Handle {
     Lower(u64, LayerRef),
     /// An upper file.
     Upper(u64, File),
-    /// A directory: its listing when it was opened.
-    Dir(u64, Arc<[ListEntry]>),
+    /// A directory: its listing as of the first `readdir` (not taken at
+    /// `opendir`: the kernel serves most listings from its own cache and
+    /// never asks).
+    Dir(u64, std::sync::OnceLock<Arc<[ListEntry]>>),
 }
 
 /// See the module docs.

@@ -398,17 +398,26 @@ impl Overlay {
     /// Opens directory `ino`: a snapshot of its listing, so that offsets keep
     /// their meaning however the directory changes while it is read.
     pub fn opendir(&self, ino: u64) -> io::Result<u64> {
-        let path = self.path_of(ino)?;
-        let list = self.list(&self.tree.read(), &path)?;
-        Ok(self.handles.insert(Handle::Dir(ino, list.into())))
+        self.path_of(ino)?;
+        Ok(self
+            .handles
+            .insert(Handle::Dir(ino, std::sync::OnceLock::new())))
     }
 
-    /// The listing snapshot of directory handle `fh`.
+    /// The listing snapshot of directory handle `fh`, taken at its first
+    /// use (every later `readdir` of the handle sees the same entries at the
+    /// same offsets, whatever changes meanwhile).
     pub fn dir_listing(&self, fh: u64) -> io::Result<Arc<[ListEntry]>> {
-        match self.handles.get(fh).as_deref() {
-            Some(Handle::Dir(_, l)) => Ok(l.clone()),
-            _ => Err(eno(libc::EBADF)),
+        let h = self.handles.get(fh).ok_or_else(|| eno(libc::EBADF))?;
+        let Handle::Dir(ino, l) = &*h else {
+            return Err(eno(libc::EBADF));
+        };
+        if let Some(l) = l.get() {
+            return Ok(l.clone());
         }
+        let path = self.path_of(*ino)?;
+        let list: Arc<[ListEntry]> = self.list(&self.tree.read(), &path)?.into();
+        Ok(l.get_or_init(|| list).clone())
     }
 
     /// The parent directory's inode number of directory `ino` (for `..`).
