@@ -587,9 +587,96 @@ fn open_flags_trunc_append_excl_creat() {
         fs::metadata(rw.p("etc/app.conf")).unwrap().mode() & 0o777,
         0o644
     );
+    // The write through usr/bin/tool copied up its lower hard link too: one
+    // file under both names (overlayfs index=on).
+    let (a, b) = (
+        fs::metadata(rw.up("usr/bin/tool")).unwrap(),
+        fs::metadata(rw.up("usr/bin/tool-again")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "linked in the upper");
+    assert_eq!(
+        fs::read(rw.p("usr/bin/tool-again")).unwrap(),
+        fs::read(rw.p("usr/bin/tool")).unwrap()
+    );
     // A read-only open of a lower file copies nothing up.
     fs::read(rw.p("usr/bin/sh")).unwrap();
-    assert!(!rw.up("usr/bin/sh").exists() && !rw.up("usr/bin/tool-again").exists());
+    assert!(!rw.up("usr/bin/sh").exists());
+}
+
+/// The names of a lower hard link are one inode on a writable mount, before
+/// and after a copy-up through any of them; a copy-up links every name, and
+/// the link survives a remount. A group left half linked (a crash between
+/// two links: one name in the upper, marked as the group's copy, the other
+/// still lower) is mended by the next copy-up of the lower name, which joins
+/// the copy instead of making one of its own.
+#[test]
+fn lower_hard_links_stay_one_file_and_a_half_linked_group_is_mended() {
+    let mut rw = rw!(image());
+    let ino_in = |rw: &Rw, rel: &str| fs::symlink_metadata(rw.p(rel)).unwrap().ino();
+    let (a, b) = ("usr/bin/tool", "usr/bin/tool-again");
+    macro_rules! ino {
+        ($rel:expr) => {
+            ino_in(&rw, $rel)
+        };
+    }
+    assert_eq!(ino!(a), ino!(b), "one inode before any copy-up");
+    let group_ino = ino!(a);
+    assert_eq!(fs::metadata(rw.p(a)).unwrap().nlink(), 2);
+    // chmod copies up (data too, no metacopy) and links both names.
+    fs::set_permissions(rw.p(b), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!((ino!(a), ino!(b)), (group_ino, group_ino), "numbers kept");
+    let (ua, ub) = (
+        fs::metadata(rw.up(a)).unwrap(),
+        fs::metadata(rw.up(b)).unwrap(),
+    );
+    assert_eq!((ua.ino(), ua.nlink()), (ub.ino(), 2), "linked in the upper");
+    assert_eq!(fs::metadata(rw.p(a)).unwrap().mode() & 0o777, 0o700);
+    assert!(
+        xattrs(&rw.up(a))
+            .iter()
+            .all(|(k, _)| !k.starts_with(b"user.unionfs")),
+        "no private mark left on a fully linked group"
+    );
+    rw.remount();
+    OpenOptions::new()
+        .append(true)
+        .open(rw.p(a))
+        .unwrap()
+        .write_all(b"# more\n")
+        .unwrap();
+    assert_eq!(fs::read(rw.p(a)).unwrap(), fs::read(rw.p(b)).unwrap());
+    assert_eq!(ino!(a), ino!(b));
+
+    // The half-linked state a crash can leave: `b` back to lower, `a` the
+    // group's marked copy (same content as the lower file: no write yet).
+    let mut rw = rw!(image());
+    let group_ino = ino!(a);
+    fs::set_permissions(rw.p(a), fs::Permissions::from_mode(0o755)).unwrap();
+    rw.m.take().unwrap().unmount();
+    fs::remove_file(rw.up(b)).unwrap();
+    let origin = format!("{}:{}", (group_ino >> 32) - 1, group_ino & 0xffff_ffff);
+    lsetxattr(&rw.up(a), b"user.unionfs.origin", origin.as_bytes()).unwrap();
+    rw.m = Mount::with_upper(&rw.tars, &rw.upper, WhiteoutFormat::Oci);
+    assert!(!rw.up(b).exists());
+    assert_eq!(ino!(a), ino!(b), "still one inode");
+    OpenOptions::new()
+        .append(true)
+        .open(rw.p(b))
+        .unwrap()
+        .write_all(b"# via b\n")
+        .unwrap();
+    let (ua, ub) = (
+        fs::metadata(rw.up(a)).unwrap(),
+        fs::metadata(rw.up(b)).unwrap(),
+    );
+    assert_eq!(ua.ino(), ub.ino(), "b joined a's copy");
+    assert!(fs::read_to_string(rw.p(a)).unwrap().ends_with("# via b\n"));
+    assert!(
+        xattrs(&rw.up(a))
+            .iter()
+            .all(|(k, _)| !k.starts_with(b"user.unionfs")),
+        "the mark is gone once the group is whole"
+    );
 }
 
 #[test]

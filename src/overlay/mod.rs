@@ -18,10 +18,11 @@
 //!
 //! # Inode numbers
 //! - An object with a lower origin keeps the number the read-only mount gives it
-//!   (derived from layer and entry), whether or not it has been copied up, like
-//!   overlayfs keeps `st_ino` across copy-up. Each name of a lower hard link has
-//!   a number of its own (see `name_ino`); a copy-up makes that name a
-//!   separate file (overlayfs without `index=on` breaks the link the same way).
+//!   (derived from layer and inode entry), whether or not it has been copied
+//!   up, like overlayfs keeps `st_ino` across copy-up. The names of a lower
+//!   hard link share that number (see `lower_ino`), and the copy-up of any of
+//!   them links every name of the group the merged view shows to the one
+//!   copy (overlayfs `index=on`; `write.rs`), so they stay one file.
 //! - Objects created through the mount get numbers from a counter (bit 63 set),
 //!   keyed by the upper file's `st_ino` while the kernel holds them, so the
 //!   names of one upper hard-linked file share a number, and a number is never
@@ -132,6 +133,9 @@ pub struct Overlay {
     nodes: Mutex<Nodes>,
     handles: Handles,
     copy_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
+    /// Per layer with hard links: every hard-link group, by its inode entry
+    /// (built on first need).
+    groups: Mutex<HashMap<u16, Arc<HashMap<u32, Vec<u32>>>>>,
     opts: Options,
 }
 
@@ -156,6 +160,7 @@ impl Overlay {
             nodes: Mutex::new(Nodes::new()),
             handles: Handles::default(),
             copy_locks: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             opts,
         })
     }
@@ -249,7 +254,42 @@ impl Overlay {
     /// The number derived from `r`'s lower origin (the lower object of the
     /// same type at its name), if it has one.
     fn origin_ino(&self, r: &Resolved) -> Option<u64> {
-        r.lower.as_ref().map(|m| name_ino(m.top))
+        r.lower.as_ref().map(|m| lower_ino(&self.stack, m.top))
+    }
+
+    /// The other names (entries) of `r`'s lower hard-link group, in its
+    /// layer; empty if it has none.
+    fn link_members(&self, r: LayerRef) -> Vec<LayerRef> {
+        let idx = self.stack.index(r);
+        let inode = idx.inode_of(r.entry);
+        let groups = {
+            let mut g = self.groups.lock();
+            g.entry(r.layer.0)
+                .or_insert_with(|| {
+                    let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
+                    for (i, e) in idx.entries.iter().enumerate() {
+                        if e.has(crate::tar::index::F_HARDLINK) {
+                            m.entry(e.link)
+                                .or_insert_with(|| vec![e.link])
+                                .push(i as u32);
+                        }
+                    }
+                    Arc::new(m)
+                })
+                .clone()
+        };
+        groups
+            .get(&inode.0)
+            .map(|v| {
+                v.iter()
+                    .filter(|&&e| e != r.entry.0)
+                    .map(|&e| LayerRef {
+                        layer: r.layer,
+                        entry: crate::tar::EntryId(e),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The number the kernel knows `r` by, without counting a reference.
@@ -584,13 +624,18 @@ impl Overlay {
     }
 }
 
-/// The inode number of the lower name `r` on a writable mount.
-///
-/// Unlike the read-only mount (`inode::ino_of`), the names of a lower hard link
-/// get numbers of their own: FUSE names an opened file by inode only, and a
-/// write through one name must copy up that name and no other (overlayfs, too,
-/// gives each name of a lower hard link its own inode when `index=off`). Their
-/// `st_nlink` still counts the layer's links.
+/// The inode number of the lower object `r`: from its layer and its inode
+/// entry (a hard link's target), so every name of a lower hard link is one
+/// inode, as on a read-only mount.
+fn lower_ino(stack: &Stack, r: LayerRef) -> u64 {
+    let entry = stack.index(r).inode_of(r.entry);
+    name_ino(LayerRef {
+        layer: r.layer,
+        entry,
+    })
+}
+
+/// The number derived from a layer and an entry.
 fn name_ino(r: LayerRef) -> u64 {
     if r.entry == crate::tar::EntryId::ROOT {
         return inode::ROOT;

@@ -13,6 +13,21 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{eno, lower_meta, Attr, Handle, Overlay, Path, Resolved};
+use crate::stack::LayerRef;
+
+/// Marks the upper copy of a lower hard link with its group (`LAYER:ENTRY`
+/// of the layer's inode entry), so that a name of the group still lower
+/// after a crash joins that copy instead of making its own. Private: never
+/// listed, never committed.
+pub const ORIGIN_XATTR: &[u8] = b"user.unionfs.origin";
+
+/// `a/b/c` → components.
+fn split_path(p: &[u8]) -> Path {
+    p.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
 use crate::upper::copy_up::{
     copy_up_dir, copy_up_file, copy_up_special, copy_up_symlink, CopiedUp,
 };
@@ -61,7 +76,7 @@ impl Overlay {
     /// removals and renames of it, so they never interleave).
     fn lower_lock(&self, r: &Resolved) -> Option<Arc<Mutex<()>>> {
         match (&r.upper, &r.lower) {
-            (None, Some(m)) => Some(self.copy_lock(super::name_ino(m.top))),
+            (None, Some(m)) => Some(self.copy_lock(super::lower_ino(&self.stack, m.top))),
             _ => None,
         }
     }
@@ -105,8 +120,26 @@ impl Overlay {
         let rec = self.stack.rec(top);
         let idx = self.stack.index(top);
         let extra = idx.extra(idx.inode_of(top.entry));
+        // The other names of a lower hard link: linked to this copy below.
+        let members = match rec.kind() {
+            libc::S_IFREG => self.link_members(top),
+            _ => Vec::new(),
+        };
+        let origin = format!("{}:{}", top.layer.0, idx.inode_of(top.entry).0);
+        let linked = match members.is_empty() {
+            true => None,
+            false => self.linked_copy(&members, origin.as_bytes()),
+        };
         let done = match rec.kind() {
             libc::S_IFDIR => copy_up_dir(&self.upper, path, &meta)?,
+            // A name of the group is in the upper already (a crash came
+            // between two links): this one joins it.
+            libc::S_IFREG if linked.is_some() => {
+                let from = linked.as_ref().expect("checked");
+                let (name, parent) = path.split_last().ok_or_else(|| eno(libc::EINVAL))?;
+                self.upper.link(from, parent, name)?;
+                CopiedUp::Created(self.upper.stat(path)?)
+            }
             libc::S_IFREG => {
                 let layer = self.stack.layer(top.layer);
                 let size = if with_data { rec.size } else { 0 };
@@ -142,8 +175,95 @@ impl Overlay {
         tree.insert(pnode, name, st.st_mode, st.st_ino)
             .ok_or_else(|| eno(libc::EIO))?;
         drop(tree);
-        self.nodes.lock().set_upper(super::name_ino(top), st.st_ino);
+        self.nodes
+            .lock()
+            .set_upper(super::lower_ino(&self.stack, top), st.st_ino);
+        if !members.is_empty() {
+            // The copy is marked as this group's while its other names are
+            // linked, so that a name left lower by a crash in between joins
+            // it at its own copy-up instead of making a copy of its own.
+            let f = self
+                .upper
+                .open_file(path, libc::O_RDONLY | libc::O_NOFOLLOW)?;
+            if linked.is_none() {
+                crate::sys::fsetxattr(f.as_fd(), ORIGIN_XATTR, origin.as_bytes(), 0)?;
+            }
+            let mut all = true;
+            for q in members {
+                if let Err(e) = self.link_member(path, q) {
+                    // That name stays lower: still the group's data until
+                    // it is written, then a copy of its own.
+                    all = false;
+                    log::warn!(
+                        target: "unionfs::overlay",
+                        "cannot link {} to its copied-up hard link: {e}",
+                        String::from_utf8_lossy(&self.stack.index(q).path_of(q.entry))
+                    );
+                }
+            }
+            if all {
+                // Every name is linked (or hidden): the mark has done its
+                // work, and a plain `tar` of the upper should not carry it.
+                let _ = crate::sys::fremovexattr(f.as_fd(), ORIGIN_XATTR);
+            }
+        }
         Ok(())
+    }
+
+    /// The upper path of a name of the group whose copy carries `origin`, if
+    /// one is in the upper.
+    fn linked_copy(&self, members: &[LayerRef], origin: &[u8]) -> Option<Path> {
+        for &q in members {
+            let qpath = split_path(&self.stack.index(q).path_of(q.entry));
+            let Ok(r) = self.resolve(&qpath) else {
+                continue;
+            };
+            if r.upper.is_none() {
+                continue;
+            }
+            let Ok(f) = self
+                .upper
+                .open_file(&qpath, libc::O_RDONLY | libc::O_NOFOLLOW)
+            else {
+                continue;
+            };
+            if crate::sys::fgetxattr(f.as_fd(), ORIGIN_XATTR).is_ok_and(|v| v == origin) {
+                return Some(qpath);
+            }
+        }
+        None
+    }
+
+    /// Links the name of lower entry `q` — if the merged view still shows
+    /// that very entry there — to the copy at `copy` (its directories copied
+    /// up first, their times kept). The group's copy-up lock is held.
+    fn link_member(&self, copy: &[Vec<u8>], q: LayerRef) -> io::Result<()> {
+        let qpath = split_path(&self.stack.index(q).path_of(q.entry));
+        let r = self.resolve(&qpath)?;
+        match (&r.upper, &r.lower) {
+            (None, Some(m)) if m.top == q => {}
+            _ => return Ok(()), // hidden, replaced or copied up since
+        }
+        let (name, parent) = qpath.split_last().ok_or_else(|| eno(libc::EINVAL))?;
+        self.copy_up(parent, true)?;
+        let pfd = self.upper.open_dir(parent)?;
+        let pst = crate::sys::fstat(pfd.as_fd())?;
+        let mut tree = self.tree.write();
+        self.upper.link(copy, parent, name)?;
+        let st = self.upper.stat(&qpath)?;
+        let pnode = tree.resolve(parent).ok_or_else(|| eno(libc::EIO))?;
+        tree.insert(pnode, name, st.st_mode, st.st_ino)
+            .ok_or_else(|| eno(libc::EIO))?;
+        drop(tree);
+        let ts = |s: i64, ns: i64| libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        };
+        crate::sys::futimens(
+            pfd.as_fd(),
+            Some(ts(pst.st_atime, pst.st_atime_nsec)),
+            Some(ts(pst.st_mtime, pst.st_mtime_nsec)),
+        )
     }
 
     /// Copies up `path` whole: a file with its data; a directory with lower

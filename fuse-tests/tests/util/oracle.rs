@@ -58,9 +58,11 @@ impl Overlay {
     }
 
     /// Mounts `lowers` (bottom first) with `upper` and `work` on `mnt`, with
-    /// `redirect_dir=on` so that directories with lower content can be renamed.
+    /// `redirect_dir=on` so that directories with lower content can be
+    /// renamed, and `index=on` so that a copy-up keeps lower hard links
+    /// linked (as unionfs does).
     pub fn mount_rw(lowers: &[PathBuf], upper: &Path, work: &Path, mnt: &Path) -> Overlay {
-        let opts = rw_opts(lowers, upper, work) + ",redirect_dir=on";
+        let opts = rw_opts(lowers, upper, work) + ",redirect_dir=on,index=on";
         Overlay::mount_with(&opts, mnt)
     }
 
