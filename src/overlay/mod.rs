@@ -135,9 +135,12 @@ pub struct Overlay {
     copy_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     /// Per layer with hard links: every hard-link group, by its inode entry
     /// (built on first need).
-    groups: Mutex<HashMap<u16, Arc<HashMap<u32, Vec<u32>>>>>,
+    groups: Mutex<HashMap<u16, Arc<Groups>>>,
     opts: Options,
 }
+
+/// A layer's hard-link groups: inode entry → every entry naming it.
+type Groups = HashMap<u32, Vec<u32>>;
 
 /// Attributes of an object as the adapter replies them.
 #[derive(Clone, Copy, Debug)]
@@ -266,7 +269,7 @@ impl Overlay {
             let mut g = self.groups.lock();
             g.entry(r.layer.0)
                 .or_insert_with(|| {
-                    let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
+                    let mut m = Groups::new();
                     for (i, e) in idx.entries.iter().enumerate() {
                         if e.has(crate::tar::index::F_HARDLINK) {
                             m.entry(e.link)
