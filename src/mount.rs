@@ -302,6 +302,7 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
             cfg,
             mp,
             ready,
+            None,
         ),
         Some(dir) => {
             let rootless = !privileged();
@@ -325,7 +326,8 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
             let fs = RwFs::new(ov, cfg.idmap.clone())
                 .with_passthrough(!rootless && !cfg.no_passthrough)
                 .with_provenance(prov);
-            serve_fs(fs, cfg, mp, ready)
+            let slot = fs.notifier_slot();
+            serve_fs(fs, cfg, mp, ready, Some(slot))
         }
     }
 }
@@ -382,9 +384,13 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
     cfg: &MountConfig,
     mp: &Path,
     ready: &mut Option<File>,
+    notifier: Option<std::sync::Arc<std::sync::OnceLock<fuser::Notifier>>>,
 ) -> Result<()> {
     let sigs = block_signals();
     let session = fuser::Session::new(fs, mp, &fuse_config(cfg)).map_err(|e| mount_error(mp, e))?;
+    if let Some(slot) = notifier {
+        let _ = slot.set(session.notifier());
+    }
     log::info!(target: "unionfs", "mounted on {}", mp.display());
     let ours = mount_device(mp);
     raise_readahead(mp);

@@ -16,6 +16,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -46,12 +47,27 @@ pub struct RwFs {
     /// The provenance xattrs' labels and listing.
     prov: ProvenanceXattrs,
     bufs: super::bufs::ReadBufs,
+    /// The session's notifier, once mounted.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl RwFs {
     /// Serves `ov`, reporting owners through `ids`.
     pub fn new(ov: Overlay, ids: IdMap) -> RwFs {
         let prov = ProvenanceXattrs::of_paths(ov.stack());
+        let notifier: Arc<OnceLock<fuser::Notifier>> = Arc::default();
+        let n = notifier.clone();
+        // The attributes of an inode changed by an operation on another one
+        // (a directory a copy-up merged): the kernel drops what it cached.
+        // Attributes only (offset < 0): no lock the kernel may hold for the
+        // request being served is taken.
+        ov.set_invalidator(Box::new(move |ino| {
+            if let Some(n) = n.get() {
+                if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                    log::debug!(target: "unionfs::fuse", "inval_inode({ino}): {e}");
+                }
+            }
+        }));
         RwFs {
             ov,
             ids,
@@ -59,7 +75,14 @@ impl RwFs {
             pt: Passthrough::default(),
             prov,
             bufs: Default::default(),
+            notifier,
         }
+    }
+
+    /// Where the session's notifier goes once the session exists (the
+    /// filesystem is built before it): set it right after mounting.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// Answers the provenance xattrs with `prov` (default: the layers'
@@ -488,7 +511,7 @@ impl Filesystem for RwFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.ov.dir_listing(fh.0) {
+        let list = match self.ov.dir_listing(fh.0, offset == 0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
@@ -528,7 +551,7 @@ impl Filesystem for RwFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.ov.dir_listing(fh.0) {
+        let list = match self.ov.dir_listing(fh.0, offset == 0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };

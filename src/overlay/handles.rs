@@ -31,10 +31,12 @@ pub enum Handle {
     Lower(u64, LayerRef),
     /// An upper file.
     Upper(u64, File),
-    /// A directory: its listing as of the first `readdir` (not taken at
-    /// `opendir`: the kernel serves most listings from its own cache and
-    /// never asks).
-    Dir(u64, std::sync::OnceLock<Arc<[ListEntry]>>),
+    /// A directory: its listing as of the last `readdir` from offset 0 (not
+    /// taken at `opendir`: the kernel serves most listings from its own
+    /// cache and never asks; taken again at a rewind, so that `rewinddir`
+    /// shows the directory as it is, and the kernel never caches an old
+    /// snapshot under a new mtime).
+    Dir(u64, parking_lot::Mutex<Option<Arc<[ListEntry]>>>),
 }
 
 /// See the module docs.

@@ -136,7 +136,21 @@ pub struct Overlay {
     /// Per layer with hard links: every hard-link group, by its inode entry
     /// (built on first need).
     groups: Mutex<HashMap<u16, Arc<Groups>>>,
+    /// Tells the kernel that an inode's attributes changed (set by the
+    /// adapter once mounted).
+    invalidate: std::sync::OnceLock<Invalidator>,
     opts: Options,
+}
+
+/// See [`Overlay::set_invalidator`].
+pub type Invalidate = Box<dyn Fn(u64) + Send + Sync>;
+
+struct Invalidator(Invalidate);
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Invalidator")
+    }
 }
 
 /// A layer's hard-link groups: inode entry → every entry naming it.
@@ -164,8 +178,23 @@ impl Overlay {
             handles: Handles::default(),
             copy_locks: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
+            invalidate: std::sync::OnceLock::new(),
             opts,
         })
+    }
+
+    /// Sets what tells the kernel that inode `ino`'s attributes changed by
+    /// an operation on another inode (a directory a copy-up made merged:
+    /// its `st_nlink` becomes 1). Once; later calls are ignored.
+    pub fn set_invalidator(&self, f: Invalidate) {
+        let _ = self.invalidate.set(Invalidator(f));
+    }
+
+    /// Tells the kernel, if it can be told, that `ino`'s attributes changed.
+    pub(super) fn invalidate(&self, ino: u64) {
+        if let Some(f) = self.invalidate.get() {
+            (f.0)(ino);
+        }
     }
 
     /// The layer stack.
@@ -442,25 +471,26 @@ impl Overlay {
     /// their meaning however the directory changes while it is read.
     pub fn opendir(&self, ino: u64) -> io::Result<u64> {
         self.path_of(ino)?;
-        Ok(self
-            .handles
-            .insert(Handle::Dir(ino, std::sync::OnceLock::new())))
+        Ok(self.handles.insert(Handle::Dir(ino, Mutex::new(None))))
     }
 
-    /// The listing snapshot of directory handle `fh`, taken at its first
-    /// use (every later `readdir` of the handle sees the same entries at the
-    /// same offsets, whatever changes meanwhile).
-    pub fn dir_listing(&self, fh: u64) -> io::Result<Arc<[ListEntry]>> {
+    /// The listing snapshot of directory handle `fh`: taken afresh when the
+    /// reader starts over (`from_start`: a `readdir` at offset 0), else the
+    /// one the handle has, so that a reader going on sees the same entries
+    /// at the same offsets whatever changes meanwhile.
+    pub fn dir_listing(&self, fh: u64, from_start: bool) -> io::Result<Arc<[ListEntry]>> {
         let h = self.handles.get(fh).ok_or_else(|| eno(libc::EBADF))?;
         let Handle::Dir(ino, l) = &*h else {
             return Err(eno(libc::EBADF));
         };
-        if let Some(l) = l.get() {
+        let mut g = l.lock();
+        if let (Some(l), false) = (&*g, from_start) {
             return Ok(l.clone());
         }
         let path = self.path_of(*ino)?;
         let list: Arc<[ListEntry]> = self.list(&self.tree.read(), &path)?.into();
-        Ok(l.get_or_init(|| list).clone())
+        *g = Some(list.clone());
+        Ok(list)
     }
 
     /// The parent directory's inode number of directory `ino` (for `..`).

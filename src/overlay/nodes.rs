@@ -3,7 +3,8 @@
 //! Owns, for every inode number the kernel has a reference to, the names it
 //! was last found under (parent inode + name; several for hard links) and the
 //! kernel's lookup count, so that a request naming an inode can be turned into
-//! a path, and numbers of upper-only objects stay valid until `FORGET`. Does not
+//! a path, and numbers of upper-only objects stay theirs for as long as they
+//! exist (across `FORGET`). Does not
 //! own what a path resolves to (`mod.rs`).
 
 use std::collections::HashMap;
@@ -105,11 +106,14 @@ impl Nodes {
             None => false,
         };
         if gone {
-            if let Some(u) = self.map.remove(&ino).and_then(|n| n.upper) {
-                if self.by_upper.get(&u) == Some(&ino) {
-                    self.by_upper.remove(&u);
-                }
-            }
+            // The number stays the upper object's (`by_upper` keeps it) for
+            // as long as the object exists, as overlayfs reports the upper
+            // `st_ino` of an upper-only object: an object the kernel forgot
+            // (memory pressure, `drop_caches`) comes back under the same
+            // number, so `stat` never shows it change (pjdfstest's rename
+            // tests saw new numbers). Only removing the object's last name
+            // frees the number (`unlink`).
+            self.map.remove(&ino);
         }
     }
 
@@ -193,9 +197,14 @@ mod tests {
         assert_eq!(n.path(f).unwrap(), vec![b"e".to_vec(), b"f".to_vec()]);
         n.forget(f, 2);
         assert!(n.path(f).is_none());
-        // The upper st_ino is free again: a new file there gets a new number.
+        // Forgotten, the object (still there) comes back under its number.
         let f2 = n.enter(d, b"f", None, Some(77));
-        assert_ne!(f2, f);
+        assert_eq!(f2, f);
+        // Its last name removed, the st_ino is free: a new object gets a
+        // new number.
+        n.unlink(f2, d, b"f", true);
+        n.forget(f2, 1);
+        assert_ne!(n.enter(d, b"h", None, Some(77)), f);
     }
 
     #[test]

@@ -130,6 +130,10 @@ impl Overlay {
             true => None,
             false => self.linked_copy(&members, origin.as_bytes()),
         };
+        // A directory from one layer reports its own link count; once in the
+        // upper too it is merged and reports 1 (as overlayfs): the kernel
+        // must drop the count it holds.
+        let becomes_merged = rec.kind() == libc::S_IFDIR && !m.is_merged_dir();
         let done = match rec.kind() {
             libc::S_IFDIR => copy_up_dir(&self.upper, path, &meta)?,
             // A name of the group is in the upper already (a crash came
@@ -178,6 +182,9 @@ impl Overlay {
         self.nodes
             .lock()
             .set_upper(super::lower_ino(&self.stack, top), st.st_ino);
+        if becomes_merged {
+            self.invalidate(super::lower_ino(&self.stack, top));
+        }
         if !members.is_empty() {
             // The copy is marked as this group's while its other names are
             // linked, so that a name left lower by a crash in between joins
@@ -280,6 +287,7 @@ impl Overlay {
         if r.lower_dir().is_none() {
             return Ok(()); // nothing below that a move would lose
         }
+        let ino = self.ino_peek(&r);
         self.copy_up(path, false)?;
         let st = self.upper.stat(path)?;
         let list = self.list(&self.tree.read(), path)?;
@@ -298,6 +306,10 @@ impl Overlay {
             ..SetAttr::default()
         };
         self.upper.set_attr(path, &times)?;
+        drop(tree);
+        // Opaque now, it reports its own link count, no longer 1: the
+        // kernel must drop the count it holds.
+        self.invalidate(ino);
         Ok(())
     }
 

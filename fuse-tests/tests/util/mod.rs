@@ -529,11 +529,11 @@ impl Mount {
         let ov = Overlay::new(stack, up, overlay::Options::default()).expect("scan upper");
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
-        Some(Mount::spawn(
-            RwFs::new(ov, Default::default()).with_passthrough(true),
-            &cfg,
-            layers,
-        ))
+        let fs = RwFs::new(ov, Default::default()).with_passthrough(true);
+        let slot = fs.notifier_slot();
+        let m = Mount::spawn(fs, &cfg, layers);
+        let _ = slot.set(m.session.as_ref().expect("live").notifier());
+        Some(m)
     }
 
     /// A path inside the mount (`rel` may be bytes, not UTF-8).
