@@ -207,6 +207,20 @@ fn append_copies_up_data_and_metadata_and_leaves_the_tars_alone() {
     assert_eq!(tar_sums, after, "a layer tar changed");
 }
 
+/// Kernel overlayfs over `layers` (extracted), writable (index=on,
+/// redirect_dir=on), in a scratch directory that lives as long as the
+/// returned `Prepared`.
+fn kernel_rw(layers: &[Layer]) -> (oracle::Prepared, oracle::Overlay) {
+    let p = oracle::prepare(layers);
+    let w = p.work.path().canonicalize().unwrap();
+    let (upper, work, mnt) = (w.join("ou"), w.join("ow"), w.join("om"));
+    for d in [&upper, &work, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    let ovl = oracle::Overlay::mount_rw(&p.lowers, &upper, &work, &mnt);
+    (p, ovl)
+}
+
 /// What another process sees of `paths` under `root`, through the kernel's
 /// caches: type, mode, link count, size and content digest of files, user
 /// xattrs, listings (relative names, so two mounts compare; not the sizes
@@ -248,13 +262,7 @@ fn every_change_is_seen_at_once_by_another_process() {
     }
     let layers = image();
     let rw = rw!(layers);
-    let p = oracle::prepare(&layers);
-    let w = p.work.path().canonicalize().unwrap();
-    let (upper, work, mnt) = (w.join("ou"), w.join("ow"), w.join("om"));
-    for d in [&upper, &work, &mnt] {
-        fs::create_dir(d).unwrap();
-    }
-    let ovl = oracle::Overlay::mount_rw(&p.lowers, &upper, &work, &mnt);
+    let (_p, ovl) = kernel_rw(&layers);
     let watch = [
         ".",
         "etc",
@@ -416,13 +424,7 @@ fn copy_up_leaves_the_times_of_the_directories_above_alone() {
     }
     let layers = image();
     let rw = rw!(layers);
-    let p = oracle::prepare(&layers);
-    let w = p.work.path().canonicalize().unwrap();
-    let (upper, work, mnt) = (w.join("ou"), w.join("ow"), w.join("om"));
-    for d in [&upper, &work, &mnt] {
-        fs::create_dir(d).unwrap();
-    }
-    let ovl = oracle::Overlay::mount_rw(&p.lowers, &upper, &work, &mnt);
+    let (_p, ovl) = kernel_rw(&layers);
     let dirs = ["", "data", "data/sub", "usr", "usr/bin", "etc"];
     let times = |root: &Path| -> Vec<(String, i64, i64)> {
         dirs.iter()

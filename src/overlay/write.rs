@@ -21,6 +21,20 @@ use crate::stack::LayerRef;
 /// listed, never committed.
 pub const ORIGIN_XATTR: &[u8] = b"user.unionfs.origin";
 
+/// Puts back a directory's access and modification times as `st` had them
+/// (after a copy-up linked a name into it: kernel `ovl_set_timestamps`).
+fn restore_times(dir: &std::os::fd::OwnedFd, st: &libc::stat) -> io::Result<()> {
+    let ts = |s: i64, ns: i64| libc::timespec {
+        tv_sec: s,
+        tv_nsec: ns,
+    };
+    crate::sys::futimens(
+        dir.as_fd(),
+        Some(ts(st.st_atime, st.st_atime_nsec)),
+        Some(ts(st.st_mtime, st.st_mtime_nsec)),
+    )
+}
+
 /// `a/b/c` → components.
 fn split_path(p: &[u8]) -> Path {
     p.split(|&b| b == b'/')
@@ -160,15 +174,7 @@ impl Overlay {
         };
         let st = match done {
             CopiedUp::Created(st) => {
-                let ts = |s: i64, ns: i64| libc::timespec {
-                    tv_sec: s,
-                    tv_nsec: ns,
-                };
-                crate::sys::futimens(
-                    parent_fd.as_fd(),
-                    Some(ts(pst.st_atime, pst.st_atime_nsec)),
-                    Some(ts(pst.st_mtime, pst.st_mtime_nsec)),
-                )?;
+                restore_times(&parent_fd, &pst)?;
                 st
             }
             CopiedUp::Existed => self.upper.stat(path)?,
@@ -262,15 +268,7 @@ impl Overlay {
         tree.insert(pnode, name, st.st_mode, st.st_ino)
             .ok_or_else(|| eno(libc::EIO))?;
         drop(tree);
-        let ts = |s: i64, ns: i64| libc::timespec {
-            tv_sec: s,
-            tv_nsec: ns,
-        };
-        crate::sys::futimens(
-            pfd.as_fd(),
-            Some(ts(pst.st_atime, pst.st_atime_nsec)),
-            Some(ts(pst.st_mtime, pst.st_mtime_nsec)),
-        )
+        restore_times(&pfd, &pst)
     }
 
     /// Copies up `path` whole: a file with its data; a directory with lower
