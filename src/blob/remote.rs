@@ -601,8 +601,26 @@ impl Remote {
             .map(|(j, _)| self.disk_chunk(t, *j).map(|c| Ok(Arc::new(c))))
             .collect();
         // The missing ones: from the first missing to the last missing.
-        let first = out.iter().position(Option::is_none);
-        let last = out.iter().rposition(Option::is_none);
+        let mut first = out.iter().position(Option::is_none);
+        let mut last = out.iter().rposition(Option::is_none);
+        // Other processes (mounts of the same cache) may be fetching these
+        // very chunks: take the run's range of the blob's lock file (an OFD
+        // byte-range lock per chunk index, waited for), then look on disk
+        // again, and fetch only what is still missing. The lock goes with
+        // the descriptor, at the end of this function or the process.
+        let _lock = match (first, last) {
+            (Some(a), Some(b)) => self.lock_chunks(run[a].0, run[b].0 + 1 - run[a].0),
+            _ => None,
+        };
+        if _lock.is_some() {
+            for (k, slot) in out.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = self.disk_chunk(t, run[k].0).map(|c| Ok(Arc::new(c)));
+                }
+            }
+            first = out.iter().position(Option::is_none);
+            last = out.iter().rposition(Option::is_none);
+        }
         if let (Some(a), Some(b)) = (first, last) {
             let (ja, jb) = (run[a].0, run[b].0);
             let (start, _) = t.bounds(ja);
@@ -639,6 +657,38 @@ impl Remote {
         out.into_iter()
             .map(|r| r.expect("every chunk has a result"))
             .collect()
+    }
+
+    /// Locks chunks `first..first + n` of this blob against other processes
+    /// sharing the cache (waits for them); `None` without a cache directory,
+    /// or if the lock file cannot be had (then each process fetches alone).
+    fn lock_chunks(&self, first: u64, n: u64) -> Option<std::fs::File> {
+        let dir = self.dir.as_ref()?;
+        fs::create_dir_all(dir).ok()?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("lock"))
+            .ok()?;
+        // SAFETY: all-zero is a valid `flock`; the fields are set below.
+        let mut l: libc::flock = unsafe { std::mem::zeroed() };
+        l.l_type = libc::F_WRLCK as libc::c_short;
+        l.l_whence = libc::SEEK_SET as libc::c_short;
+        l.l_start = first as libc::off_t;
+        l.l_len = n as libc::off_t;
+        loop {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid descriptor and a valid `flock`.
+            let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLKW, &l) };
+            if r == 0 {
+                return Some(f);
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return None;
+            }
+        }
     }
 
     /// Checks fetched chunk `j` against its digest and keeps it on disk.
@@ -865,6 +915,8 @@ mod tests {
         down: AtomicBool,
         /// Streams fail after this many bytes (0: never).
         cut: AtomicU64,
+        /// Milliseconds each range request takes.
+        slow_ms: AtomicU64,
     }
 
     impl Fetch for Mem {
@@ -874,6 +926,9 @@ mod tests {
             }
             self.ranges.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(len, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(
+                self.slow_ms.load(Ordering::Relaxed),
+            ));
             let mut v = self.data[off as usize..(off + len) as usize].to_vec();
             if self.corrupt.load(Ordering::Relaxed) {
                 v[0] ^= 1;
@@ -1056,6 +1111,35 @@ mod tests {
                     let mut b = vec![0u8; 1000];
                     r.read_at(&mut b, 2 * CHUNK + k * 100).unwrap();
                     assert_eq!(&b[..], &mem.data[(2 * CHUNK + k * 100) as usize..][..1000]);
+                });
+            }
+        });
+        assert_eq!(mem.ranges.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn mounts_sharing_a_cache_fetch_a_chunk_once_even_at_the_same_time() {
+        let mem = Arc::new(Mem {
+            data: data(4 * CHUNK as usize),
+            ..Mem::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        streamed(&mem, Some(dir.path()));
+        mem.slow_ms.store(200, Ordering::Relaxed);
+        // Two blobs on one cache: their lock files are two open file
+        // descriptions, as two processes' would be.
+        let size = mem.data.len() as u64;
+        let (r1, r2) = (
+            Remote::new(mem.clone(), "sha256:ab", size, Some(dir.path())),
+            Remote::new(mem.clone(), "sha256:ab", size, Some(dir.path())),
+        );
+        std::thread::scope(|s| {
+            for r in [&r1, &r2] {
+                let mem = &mem;
+                s.spawn(move || {
+                    let mut b = vec![0u8; 1000];
+                    r.read_at(&mut b, 2 * CHUNK + 5).unwrap();
+                    assert_eq!(&b[..], &mem.data[(2 * CHUNK + 5) as usize..][..1000]);
                 });
             }
         });
