@@ -451,21 +451,33 @@ impl Remote {
             buf[..n].copy_from_slice(&t.head[off as usize..off as usize + n]);
             return Ok(n);
         }
-        // Read-ahead: a read starting where the last one ended doubles the
-        // run fetched at once, any other resets it.
-        let run = if self.last_end.swap(off + n as u64, Ordering::Relaxed) == off {
+        // The chunks this read needs are fetched in one request. Read-ahead
+        // beyond them only for small reads: a small read starting where the
+        // last one ended doubles the run, any other resets it. A read of a
+        // chunk or more (a gzip span inflated whole, a FUSE read of 1 MiB)
+        // says exactly what it wants; fetching past it cost /bin/true
+        // megabytes it never read (the span read-ahead of `Decoded` and the
+        // prefetch of sequential file reads look ahead already).
+        let first = off / t.chunk;
+        let needed = (off + n as u64 - 1) / t.chunk - first + 1;
+        let sequential = self.last_end.swap(off + n as u64, Ordering::Relaxed) == off;
+        let run = if n as u64 >= t.chunk {
+            self.run.store(1, Ordering::Relaxed);
+            needed
+        } else if sequential {
             let r = (self.run.load(Ordering::Relaxed) * 2).min(MAX_RUN);
             self.run.store(r, Ordering::Relaxed);
-            r
+            r.max(needed)
         } else {
             self.run.store(1, Ordering::Relaxed);
-            1
+            needed
         };
         let mut done = 0;
         while done < n {
             let at = off + done as u64;
             let i = at / t.chunk;
-            let c = self.chunk(&t, i, run)?;
+            // (Later chunks of this read are mostly in memory by now.)
+            let c = self.chunk(&t, i, (first + run).saturating_sub(i).max(1))?;
             let (start, _) = t.bounds(i);
             let from = (at - start) as usize;
             let k = (c.len() - from).min(n - done);
