@@ -867,3 +867,50 @@ fn add_referrer_keeps_the_tag_schema_index() {
         .unwrap();
     assert!(store.lock().is_empty());
 }
+
+/// An endpoint that takes the connection but never answers a TLS hello (a
+/// plain-HTTP proxy waiting for a request line) costs the https probe of a
+/// loopback host a few seconds, not the whole timeout, before http is used.
+#[test]
+fn a_silent_tls_handshake_falls_back_to_http_quickly() {
+    use std::io::Write;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut first = [0u8; 1];
+                if c.peek(&mut first).is_err() || first[0] == 0x16 {
+                    std::thread::sleep(Duration::from_secs(60)); // never answers TLS
+                    return;
+                }
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let status = if req.starts_with(b"GET /v2/ ") {
+                    "200 OK"
+                } else {
+                    "404 Not Found"
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                );
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("auth.json");
+    std::fs::write(&f, "{}").unwrap();
+    let c = client_with(&host, &options(&f, Duration::from_secs(20), 0));
+    let t = Instant::now();
+    let e = c.manifest("latest").unwrap_err();
+    assert!(e.to_string().contains("404"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+}

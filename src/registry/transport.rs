@@ -20,6 +20,9 @@ use super::urls::{encode, is_loopback, origin, parse_uri, redact, resolve};
 use super::{Error, Options, Reference};
 
 const LOG: &str = "unionfs::registry";
+
+/// How long the https probe of a host that may fall back to http waits.
+const HTTPS_PROBE: Duration = Duration::from_secs(3);
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 10;
 /// The most of an error or ping body read.
@@ -334,12 +337,21 @@ impl Transport {
             return Ok(b);
         }
         let https = format!("https://{}", self.registry);
-        let chosen = match self.ping(&https, deadline) {
+        // Where http may follow, the https probe gets a short bound: a
+        // registry answers a TLS hello at once, and an endpoint that
+        // accepts the connection but never answers it (a plain-HTTP proxy
+        // that waits for a request line) must not cost the whole timeout.
+        let probe = if self.http_allowed {
+            self.timeout.min(HTTPS_PROBE)
+        } else {
+            self.timeout
+        };
+        let chosen = match self.ping(&https, deadline, probe) {
             Ok(()) => https,
             // A 5xx over https is the registry, failing: retry, do not downgrade.
             Err(e) if self.http_allowed && !matches!(e, Error::Status { .. }) => {
                 let http = format!("http://{}", self.registry);
-                match self.ping(&http, deadline) {
+                match self.ping(&http, deadline, self.timeout) {
                     Ok(()) => {
                         log::debug!(target: LOG, "{}: https failed ({e}); using http", self.registry);
                         http
@@ -362,10 +374,9 @@ impl Transport {
 
     /// `GET /v2/`: an answer a registry (or a proxy in front of one) gives
     /// means the scheme works; a 401 also tells how to authenticate.
-    fn ping(&self, base: &str, deadline: &Deadline) -> Result<(), Error> {
+    fn ping(&self, base: &str, deadline: &Deadline, limit: Duration) -> Result<(), Error> {
         let uri = parse_uri(&format!("{base}/v2/")).map_err(|e| self.protocol(e))?;
-        let bound = self
-            .timeout
+        let bound = limit
             .min(deadline.remaining())
             .max(Duration::from_millis(1));
         let t = Timing {
