@@ -638,12 +638,7 @@ fn without_index_each_blob_streams_once_then_reads_are_lazy() {
 
     // `unionfs index`: one pass per blob, only the index stored.
     let cache = ctx.cache();
-    ctx.uf(
-        &["index", "-q", "--image", &sp, "--cache-dir", &cache],
-        tools::CMD_TIMEOUT,
-    )
-    .0
-    .ok();
+    ctx.index(&sp, &cache).ok();
     assert_streamed_once(&s.proxy, &ls, &sizes, "index");
     let stored = du(Path::new(&cache));
     let total: u64 = sizes.iter().sum();
@@ -1049,12 +1044,7 @@ fn corrupted_byte_with_index_gives_eio_never_wrong_bytes() {
     let ctx = Ctx::new();
     let sp = s.spec("big:v1");
     let cache = ctx.cache();
-    ctx.uf(
-        &["index", "-q", "--image", &sp, "--cache-dir", &cache],
-        tools::CMD_TIMEOUT,
-    )
-    .0
-    .ok();
+    ctx.index(&sp, &cache).ok();
     s.proxy.set_fault(Fault::CorruptBlobByte(
         ls.iter().map(|l| l.digest.clone()).collect(),
     ));
@@ -1099,10 +1089,7 @@ fn corrupted_byte_without_index_fails_naming_the_digest() {
     s.proxy
         .set_fault(Fault::CorruptBlobByte(vec![ls[0].digest.clone()]));
     let cache = ctx.cache();
-    let (out, _) = ctx.uf(
-        &["index", "-q", "--image", &sp, "--cache-dir", &cache],
-        tools::CMD_TIMEOUT,
-    );
+    let out = ctx.index(&sp, &cache);
     let line = one_line_error(&out);
     assert!(
         line.contains("digest") && line.contains(short(&ls[0].digest)),

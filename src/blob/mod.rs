@@ -123,6 +123,61 @@ impl Blob {
     }
 }
 
+/// How a blob is read for the one sequential pass that indexes it: a file
+/// range by `pread`s; a registry blob streamed in one request, the digest of
+/// each chunk taken on the way ([`remote::Remote::stream`]).
+pub enum Pass<'a> {
+    /// A local file range.
+    Local(&'a Blob),
+    /// A registry blob's stream.
+    Remote(Box<remote::Streaming>),
+}
+
+impl Blob {
+    /// The reader for this blob's indexing pass.
+    pub fn pass(&self) -> Pass<'_> {
+        match &self.src {
+            Src::File(_) => Pass::Local(self),
+            Src::Remote(r) => Pass::Remote(Box::new(r.stream())),
+        }
+    }
+}
+
+impl Pass<'_> {
+    /// Returns true if and only if the bytes come from a registry.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Pass::Remote(_))
+    }
+
+    /// Ends the pass, once the blob's digest matched: a registry blob keeps
+    /// the chunk table the pass took (every later read is checked against
+    /// it); nothing to do for a file.
+    pub fn keep(self) -> io::Result<()> {
+        match self {
+            Pass::Local(_) => Ok(()),
+            Pass::Remote(s) => {
+                let r = s.remote().clone();
+                r.install((*s).finish()?)
+            }
+        }
+    }
+}
+
+impl ReadAt for Pass<'_> {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        match self {
+            Pass::Local(b) => b.read_at(buf, off),
+            Pass::Remote(s) => s.read_at(buf, off),
+        }
+    }
+    fn len(&self) -> io::Result<u64> {
+        match self {
+            Pass::Local(b) => ReadAt::len(*b),
+            Pass::Remote(s) => s.len(),
+        }
+    }
+}
+
 impl ReadAt for Blob {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         if off >= self.len {

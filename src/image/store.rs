@@ -38,7 +38,7 @@ pub trait Store: Send + Sync {
     fn document(&self, digest: &str, manifest: bool) -> Result<Option<Vec<u8>>> {
         let _ = manifest;
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        read_small_dyn(self, &format!("blobs/sha256/{hex}"))
+        read_small(self, &format!("blobs/sha256/{hex}"))
     }
     /// The layer blob at `rel`, whose manifest says it has `digest` and
     /// `size` bytes (a registry needs both to read it without asking).
@@ -52,7 +52,9 @@ pub trait Store: Send + Sync {
     }
 }
 
-fn read_small_dyn<S: Store + ?Sized>(store: &S, rel: &str) -> Result<Option<Vec<u8>>> {
+/// Reads the small file at `rel` whole (at most [`MAX_JSON`] bytes); `Ok(None)`
+/// if absent.
+pub fn read_small<S: Store + ?Sized>(store: &S, rel: &str) -> Result<Option<Vec<u8>>> {
     let Some(b) = store.blob(rel)? else {
         return Ok(None);
     };
@@ -68,12 +70,6 @@ fn read_small_dyn<S: Store + ?Sized>(store: &S, rel: &str) -> Result<Option<Vec<
     let mut v = vec![0u8; b.len() as usize];
     crate::tar::scan::read_exact_at(&b, &mut v, 0).map_err(|e| Error::io(store.name(rel), e))?;
     Ok(Some(v))
-}
-
-/// Reads the small file at `rel` whole (at most [`MAX_JSON`] bytes); `Ok(None)`
-/// if absent.
-pub fn read_small(store: &dyn Store, rel: &str) -> Result<Option<Vec<u8>>> {
-    read_small_dyn(store, rel)
 }
 
 /// An error about a file of an image.

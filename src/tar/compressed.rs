@@ -13,7 +13,7 @@ use super::{build_index, log_warnings, persist, Built, IndexOptions, TarIdentity
 use crate::blob::seek::{self, Decoder, Encoding};
 use crate::blob::{self, Blob, Decoded, Hashing};
 use crate::error::{Error, Result};
-use crate::tar::scan::{ReadAt, UNKNOWN_LEN};
+use crate::tar::scan::UNKNOWN_LEN;
 
 /// Where a compressed layer's results are kept, and what it must match.
 pub(super) struct Keys<'a> {
@@ -150,21 +150,15 @@ pub(super) fn open(
         Some(c) => Some(c.sink().map_err(|e| Error::io(name, e))?),
         None => None,
     };
-    // A registry blob is streamed in one request for this pass, its chunk
-    // digests taken on the way.
-    let stream = src.as_remote().map(|r| r.stream());
-    let reader: &dyn ReadAt = match &stream {
-        Some(s) => s,
-        None => &src,
-    };
-    let src_h = Hashing::new_if(reader, k.blob_digest.is_some());
+    let pass = src.pass();
+    let src_h = Hashing::new_if(&pass, k.blob_digest.is_some());
     let dec = Decoder::new(enc, &src_h, opts.spacing(), sink).map_err(|e| Error::io(name, e))?;
     let out_h = Hashing::new_if(&dec, k.diff_id.is_some());
     let progress = blob::progress::Progress::start(name, &src_h, &out_h, src.len(), opts.quiet);
     let built = build_index(name, &out_h, UNKNOWN_LEN);
     let diff_id = built.and_then(|i| Ok((i, out_h.finish().map_err(|e| Error::io(name, e))?)));
     drop(progress);
-    let remote = stream.is_some();
+    let remote = pass.is_remote();
     let (mut index, diff_id) = match diff_id {
         Ok(v) => v,
         Err(e) => {
@@ -194,20 +188,10 @@ pub(super) fn open(
             }
         }
     }
-    if let Some(s) = stream {
-        // Only now, with the blob's digest matched, are its chunk digests
-        // worth keeping.
-        let r = s.remote().clone();
-        if k.blob_digest.is_none() {
-            return Err(Error::Image {
-                path: name.to_owned(),
-                reason: "a remote layer without a blob digest".into(),
-            });
-        }
-        s.finish()
-            .and_then(|t| r.install(t))
-            .map_err(|e| Error::io(name, e))?;
-    }
+    // Only now, with the digests matched, is a registry blob's chunk table
+    // worth keeping (a remote layer always has a blob digest: checked by
+    // `TarLayer::open_verified`).
+    pass.keep().map_err(|e| Error::io(name, e))?;
     index.tar_size = table.out_len();
     log_warnings(name, &index);
     if let Some(c) = k.claim() {

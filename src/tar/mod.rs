@@ -368,16 +368,12 @@ impl TarLayer {
         // every byte (the payloads the scanner skips included) in order.
         // (A registry blob: one streamed request, its chunk digests taken
         // on the way and kept once the diffID matched.)
-        let stream = blob.as_remote().map(|r| r.stream());
-        let reader: &dyn ReadAt = match &stream {
-            Some(s) => s,
-            None => &blob,
-        };
-        let hashing = blob::Hashing::new(reader);
+        let pass = blob.pass();
+        let hashing = blob::Hashing::new(&pass);
         let index = match build_index(name, &hashing, blob.len()) {
             Ok(i) => i,
             Err(e) => {
-                let remote = stream.is_some();
+                let remote = pass.is_remote();
                 return Err(blame_transfer(name, remote, Some(diff_id), hashing, e));
             }
         };
@@ -385,12 +381,7 @@ impl TarLayer {
         if !actual.eq_ignore_ascii_case(diff_id) {
             return Err(mismatch(actual));
         }
-        if let Some(s) = stream {
-            let r = s.remote().clone();
-            s.finish()
-                .and_then(|t| r.install(t))
-                .map_err(|e| Error::io(name, e))?;
-        }
+        pass.keep().map_err(|e| Error::io(name, e))?;
         blob::verified::record(cache, &blob, diff_id, started);
         log_warnings(name, &index);
         let built = Built {

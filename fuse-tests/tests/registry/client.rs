@@ -85,6 +85,12 @@ impl Ctx {
         p.display().to_string()
     }
 
+    /// `unionfs index -q --image SPEC --cache-dir CACHE` (success not checked).
+    pub fn index(&self, spec: &str, cache: &str) -> Out {
+        let args = ["index", "-q", "--image", spec, "--cache-dir", cache];
+        self.uf(&args, tools::CMD_TIMEOUT).0
+    }
+
     /// `unionfs ARGS`, killed after `timeout`; with the time it took.
     pub fn uf(&self, args: &[&str], timeout: Duration) -> (Out, Duration) {
         let mut c = Command::new(client());
