@@ -20,7 +20,10 @@
 pub mod attr;
 pub mod bufs;
 pub mod passthrough;
+pub mod requests;
 pub mod rw;
+
+use requests::{Op, Requests, REQUESTS_XATTR};
 
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
@@ -139,6 +142,8 @@ pub struct UnionFs {
     /// The provenance xattrs' labels and listing.
     prov: ProvenanceXattrs,
     bufs: bufs::ReadBufs,
+    /// What the kernel has asked, per opcode.
+    req: Requests,
 }
 
 impl std::fmt::Debug for UnionFs {
@@ -170,6 +175,7 @@ impl UnionFs {
             ids: IdMap::default(),
             prov,
             bufs: Default::default(),
+            req: Requests::default(),
         }
     }
 
@@ -345,6 +351,7 @@ impl Filesystem for UnionFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.req.count(Op::Lookup);
         log::trace!(target: "unionfs::fuse", "lookup({}, {:?})", parent.0, name);
         let dir = match self.dir(parent) {
             Ok(d) => d,
@@ -363,6 +370,7 @@ impl Filesystem for UnionFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.req.count(Op::Getattr);
         log::trace!(target: "unionfs::fuse", "getattr({})", ino.0);
         match self.attr_of(ino) {
             Ok(a) => reply.attr(&LAYER_TTL, &a),
@@ -371,6 +379,7 @@ impl Filesystem for UnionFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.req.count(Op::Readlink);
         match self.node(ino) {
             Ok(Node::Other(r)) if self.stack.rec(r).kind() == libc::S_IFLNK => {
                 let idx = self.stack.index(r);
@@ -382,6 +391,7 @@ impl Filesystem for UnionFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.req.count(Op::Open);
         log::trace!(target: "unionfs::fuse", "open({}, {:#o})", ino.0, flags.0);
         // Nothing to set up per open file, and layer content never changes: ENOSYS
         // makes the kernel stop sending OPEN/RELEASE and open every file with
@@ -401,6 +411,7 @@ impl Filesystem for UnionFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.req.count(Op::Read);
         log::trace!(target: "unionfs::fuse", "read({}, {offset}, {size})", ino.0);
         let r = match self.node(ino) {
             Ok(Node::Other(r)) => r,
@@ -429,6 +440,7 @@ impl Filesystem for UnionFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.req.count(Op::Ioctl);
         refuse_ioctl(reply)
     }
 
@@ -440,6 +452,7 @@ impl Filesystem for UnionFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Flush);
         // Nothing is ever written: a close has nothing to flush. ENOSYS makes
         // the kernel stop sending FLUSH (fuser's default says the same, with a
         // "not implemented" warning at every first close).
@@ -447,6 +460,7 @@ impl Filesystem for UnionFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.req.count(Op::Opendir);
         log::trace!(target: "unionfs::fuse", "opendir({})", ino.0);
         // As for open: no per-handle state; the kernel then also caches listings
         // (FOPEN_CACHE_DIR), so a directory is read from us once.
@@ -461,6 +475,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.req.count(Op::Readdir);
         log::trace!(target: "unionfs::fuse", "readdir({}, {offset})", ino.0);
         let dir = match self.dir(ino) {
             Ok(d) => d,
@@ -505,6 +520,7 @@ impl Filesystem for UnionFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.req.count(Op::Readdirplus);
         log::trace!(target: "unionfs::fuse", "readdirplus({}, {offset})", ino.0);
         let dir = match self.dir(ino) {
             Ok(d) => d,
@@ -565,6 +581,7 @@ impl Filesystem for UnionFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.req.count(Op::Statfs);
         let layers = self.stack.layers();
         let bytes: u64 = layers.iter().map(|l| l.index.tar_size).sum();
         let files: u64 = layers.iter().map(|l| l.index.entries.len() as u64).sum();
@@ -582,6 +599,10 @@ impl Filesystem for UnionFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.req.count(Op::Getxattr);
+        if name_bytes(name) == REQUESTS_XATTR {
+            return xattr_reply(reply, size, &self.req.text());
+        }
         if is_provenance_xattr(name_bytes(name)) {
             return match self.provenance(ino) {
                 Ok(p) => xattr_reply(reply, size, &self.prov.value(name_bytes(name), &p)),
@@ -602,6 +623,7 @@ impl Filesystem for UnionFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.req.count(Op::Listxattr);
         let r = match self.node(ino) {
             Ok(Node::Dir(d)) => d.merged.top,
             Ok(Node::Other(r)) => r,
@@ -622,6 +644,7 @@ impl Filesystem for UnionFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.req.count(Op::Access);
         if let Err(e) = self.node(ino) {
             return reply.error(e);
         }

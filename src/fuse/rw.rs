@@ -28,6 +28,7 @@ use fuser::{
 
 use super::attr::{file_type, system_time, BLKSIZE};
 use super::passthrough::{Mode, Passthrough};
+use super::requests::{Op, Requests, REQUESTS_XATTR};
 use super::{is_provenance_xattr, ProvenanceXattrs, MAX_READ};
 use crate::idmap::IdMap;
 use crate::overlay::{Attr, Handle, Overlay};
@@ -49,6 +50,8 @@ pub struct RwFs {
     bufs: super::bufs::ReadBufs,
     /// The session's notifier, once mounted.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// What the kernel has asked, per opcode.
+    req: Requests,
 }
 
 impl RwFs {
@@ -76,6 +79,7 @@ impl RwFs {
             prov,
             bufs: Default::default(),
             notifier,
+            req: Requests::default(),
         }
     }
 
@@ -244,6 +248,7 @@ impl Filesystem for RwFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        self.req.count(Op::Lookup);
         log::trace!(target: "unionfs::fuse", "lookup({}, {n:?})", parent.0);
         match self.ov.lookup(parent.0, name(n)) {
             // A negative entry: the kernel remembers the absence for the TTL.
@@ -257,10 +262,12 @@ impl Filesystem for RwFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.req.count(Op::Forget);
         self.ov.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.req.count(Op::Getattr);
         match self.ov.getattr(ino.0) {
             Ok(a) => reply.attr(&RW_TTL, &self.attr(&a)),
             Err(e) => reply.error(errno(e)),
@@ -285,6 +292,7 @@ impl Filesystem for RwFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.req.count(Op::Setattr);
         let a = SetAttr {
             mode,
             uid: uid.map(|u| self.ids.uid_in(u)),
@@ -300,6 +308,7 @@ impl Filesystem for RwFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.req.count(Op::Readlink);
         match self.ov.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
@@ -316,6 +325,7 @@ impl Filesystem for RwFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.req.count(Op::Mknod);
         let ids = self.ids_of(req);
         self.entry(reply, self.ov.mknod(parent.0, name(n), mode, rdev, ids))
     }
@@ -329,15 +339,18 @@ impl Filesystem for RwFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.req.count(Op::Mkdir);
         let ids = self.ids_of(req);
         self.entry(reply, self.ov.mkdir(parent.0, name(n), mode, ids))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.req.count(Op::Unlink);
         empty(reply, self.ov.remove(parent.0, name(n), false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.req.count(Op::Rmdir);
         empty(reply, self.ov.remove(parent.0, name(n), true))
     }
 
@@ -349,6 +362,7 @@ impl Filesystem for RwFs {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
+        self.req.count(Op::Symlink);
         let ids = self.ids_of(req);
         let t = target.as_os_str().as_bytes();
         self.entry(reply, self.ov.symlink(parent.0, name(n), t, ids))
@@ -364,6 +378,7 @@ impl Filesystem for RwFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Rename);
         let r = self
             .ov
             .rename(parent.0, name(n), newparent.0, name(newname), flags.bits());
@@ -378,10 +393,12 @@ impl Filesystem for RwFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.req.count(Op::Link);
         self.entry(reply, self.ov.link(ino.0, newparent.0, name(newname)))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.req.count(Op::Open);
         let fh = match self.ov.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(e)),
@@ -410,6 +427,7 @@ impl Filesystem for RwFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.req.count(Op::Read);
         self.bufs.with(size.min(MAX_READ) as usize, |buf| {
             match self.ov.read(fh.0, offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
@@ -430,6 +448,7 @@ impl Filesystem for RwFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.req.count(Op::Write);
         match self.ov.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
@@ -444,6 +463,7 @@ impl Filesystem for RwFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Flush);
         // Writes reach the upper synchronously (no write-back in the daemon), so
         // a close has nothing to flush or report. ENOSYS makes the kernel stop
         // sending FLUSH: one round trip less per close (5 -> 4 for a create).
@@ -460,6 +480,7 @@ impl Filesystem for RwFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Release);
         self.pt.release(fh.0);
         self.ov.release(fh.0);
         reply.ok()
@@ -473,6 +494,7 @@ impl Filesystem for RwFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Fsync);
         empty(reply, self.ov.fsync(fh.0, datasync))
     }
 
@@ -487,10 +509,12 @@ impl Filesystem for RwFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.req.count(Op::Ioctl);
         super::refuse_ioctl(reply)
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.req.count(Op::Opendir);
         match self.ov.opendir(ino.0) {
             // The kernel keeps the listing across opens until the directory
             // changes (every change goes through this mount, and the kernel
@@ -511,6 +535,7 @@ impl Filesystem for RwFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.req.count(Op::Readdir);
         let list = match self.ov.dir_listing(fh.0, offset == 0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
@@ -551,6 +576,7 @@ impl Filesystem for RwFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.req.count(Op::Readdirplus);
         let list = match self.ov.dir_listing(fh.0, offset == 0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
@@ -611,6 +637,7 @@ impl Filesystem for RwFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Releasedir);
         self.pt.release(fh.0);
         self.ov.release(fh.0);
         reply.ok()
@@ -624,10 +651,12 @@ impl Filesystem for RwFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Fsyncdir);
         reply.ok()
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.req.count(Op::Statfs);
         match self.ov.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -653,6 +682,7 @@ impl Filesystem for RwFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Setxattr);
         if is_provenance_xattr(name(n)) {
             return reply.error(Errno::EPERM);
         }
@@ -660,7 +690,10 @@ impl Filesystem for RwFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
-        let r = if is_provenance_xattr(name(n)) {
+        self.req.count(Op::Getxattr);
+        let r = if name(n) == REQUESTS_XATTR {
+            Ok(self.req.text())
+        } else if is_provenance_xattr(name(n)) {
             self.ov
                 .provenance(ino.0)
                 .map(|p| self.prov.value(name(n), &p))
@@ -671,6 +704,7 @@ impl Filesystem for RwFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.req.count(Op::Listxattr);
         let r = self.ov.listxattr(ino.0).and_then(|mut names| {
             if self.prov.is_listed() {
                 let kind = self.ov.getattr(ino.0)?.st.st_mode & libc::S_IFMT;
@@ -682,6 +716,7 @@ impl Filesystem for RwFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        self.req.count(Op::Removexattr);
         if is_provenance_xattr(name(n)) {
             return reply.error(Errno::EPERM);
         }
@@ -689,6 +724,7 @@ impl Filesystem for RwFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.req.count(Op::Access);
         // Only sent without default_permissions; unionfs then grants what the
         // kernel asks (the upper's own checks apply to what we do as root).
         reply.ok()
@@ -704,6 +740,7 @@ impl Filesystem for RwFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.req.count(Op::Create);
         let ids = self.ids_of(req);
         let (a, fh) = match self.ov.create(parent.0, name(n), mode, flags, ids) {
             Ok(r) => r,
@@ -733,6 +770,7 @@ impl Filesystem for RwFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.req.count(Op::Fallocate);
         empty(reply, self.ov.fallocate(fh.0, mode, offset, length))
     }
 }
