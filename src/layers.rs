@@ -63,6 +63,23 @@ pub fn open(source: &Source, opts: &IndexOptions) -> Result<(Stack, Option<Image
     }
 }
 
+/// Each layer's label, bottom first, as a metadata-only copy
+/// (`overlay::metacopy`) names the layer holding its data, stable across
+/// mounts: its diffID for an image's layers, a loose tar's absolute path.
+pub fn copy_labels(stack: &Stack, image: Option<&Image>) -> Vec<String> {
+    match image {
+        Some(img) if img.layers.len() == stack.layers().len() => img.diff_ids(),
+        _ => stack
+            .layers()
+            .iter()
+            .map(|l| {
+                let p = std::fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
+                p.to_string_lossy().into_owned()
+            })
+            .collect(),
+    }
+}
+
 /// Each layer's label, bottom first, for the `user.unionfs.layer` xattr: its
 /// diffID (`sha256:…`, the image config's `rootfs.diff_ids`) for an image's
 /// layers; for loose `--layers` tars, which have no known diffID, the tar's

@@ -216,10 +216,16 @@ enum Cmd {
         #[arg(short, long)]
         foreground: bool,
         /// Mount options, comma-separated: allow_other, allow_root, suid, dev,
-        /// no_default_permissions, nopassthrough, provenance (list the virtual
-        /// user.unionfs.layer and user.unionfs.shadows xattrs in listxattr;
-        /// getxattr always answers them) (default: nosuid, nodev, kernel
-        /// permission checks, and, as root, FUSE passthrough of upper files),
+        /// no_default_permissions, passthrough (writable mounts as root: an
+        /// OPEN per file, and upper files read and written by FUSE
+        /// passthrough, instead of files served with no open handle),
+        /// provenance (list the virtual user.unionfs.layer and
+        /// user.unionfs.shadows xattrs in listxattr; getxattr always answers
+        /// them), metacopy=on (writable mounts: chmod, chown, utimes and
+        /// xattr changes of a lower file copy its metadata only; its data is
+        /// copied at the first write; the upper is then not a complete layer
+        /// on its own) (default: nosuid, nodev, kernel permission checks,
+        /// metacopy=off),
         /// prefetch (registry images: fetch every layer's chunks in the
         /// background once mounted, reads first).
         #[arg(short = 'o', value_name = "OPT[,OPT…]")]
@@ -601,12 +607,14 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     "nodev" => cfg.dev = false,
                     "default_permissions" => cfg.no_default_permissions = false,
                     "no_default_permissions" => cfg.no_default_permissions = true,
-                    "passthrough" => cfg.no_passthrough = false,
-                    "nopassthrough" => cfg.no_passthrough = true,
+                    "passthrough" => cfg.passthrough = true,
+                    "nopassthrough" => cfg.passthrough = false,
                     "provenance" => cfg.provenance = true,
+                    "metacopy=on" | "metacopy" => cfg.metacopy = true,
+                    "metacopy=off" | "nometacopy" => cfg.metacopy = false,
                     "prefetch" => cfg.prefetch = true,
                     "ro" => {}
-                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, nopassthrough, provenance, prefetch)"),
+                    other => bail!("-o {other}: unknown mount option (known: allow_other, allow_root, suid, dev, no_default_permissions, passthrough, metacopy=on|off, provenance, prefetch)"),
                 }
             }
             unionfs::blob::decoded::set_cache_bytes(span_cache);

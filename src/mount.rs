@@ -49,9 +49,13 @@ pub struct MountConfig {
     pub dev: bool,
     /// Leave permission checks to unionfs rather than the kernel (default: kernel).
     pub no_default_permissions: bool,
-    /// Serve upper files through the daemon even where FUSE passthrough is
-    /// available (`-o nopassthrough`).
-    pub no_passthrough: bool,
+    /// Open files with an `OPEN` per file and serve upper files by FUSE
+    /// passthrough where the kernel allows it (`-o passthrough`; root
+    /// only). Default: no open handle at all (`overlay::fileio`), two round
+    /// trips fewer per `open`/`close`.
+    pub passthrough: bool,
+    /// Metadata-only copy-up of lower files (`-o metacopy=on`).
+    pub metacopy: bool,
     /// FUSE worker threads.
     pub threads: usize,
     /// Index caching.
@@ -291,6 +295,7 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
         }
     }
     let labels = crate::layers::labels(&stack, image.as_ref());
+    let copy_labels = crate::layers::copy_labels(&stack, image.as_ref());
     drop(image);
     let prov = ProvenanceXattrs::new(labels, cfg.provenance);
     let stack = Arc::new(stack);
@@ -321,10 +326,12 @@ fn serve(cfg: &MountConfig, mp: &Path, ready: &mut Option<File>) -> Result<()> {
             unsafe { libc::umask(0) };
             let opts = overlay::Options {
                 ids: cfg.idmap.clone(),
+                metacopy: cfg.metacopy,
+                labels: copy_labels,
             };
             let ov = Overlay::new(stack, upper, opts)?;
             let fs = RwFs::new(ov, cfg.idmap.clone())
-                .with_passthrough(!rootless && !cfg.no_passthrough)
+                .with_passthrough(!rootless && cfg.passthrough)
                 .with_provenance(prov);
             let slot = fs.notifier_slot();
             serve_fs(fs, cfg, mp, ready, Some(slot))

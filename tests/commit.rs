@@ -235,7 +235,7 @@ fn listing(tar: &[u8]) -> Vec<String> {
 fn changeset_of(upper: &Path, stack: Option<&Stack>) -> (Vec<u8>, changeset::Stats) {
     let (u, tree) = commit::open_upper(upper).unwrap();
     let mut w = Writer::new(Vec::new());
-    let stats = changeset::write(&u, &tree, stack, &IdMap::default(), &mut w).unwrap();
+    let stats = changeset::write(&u, &tree, stack, &IdMap::default(), &[], &mut w).unwrap();
     (w.finish().unwrap(), stats)
 }
 
@@ -355,6 +355,7 @@ fn export_applies_whiteouts_and_keeps_links() {
             upper: &u,
             tree: &tree,
             ids: &ids,
+            labels: &[],
         }),
         &mut w,
     )
@@ -444,7 +445,7 @@ fn metacopy_uppers_are_refused_naming_the_file() {
     setxattr(&up.join("meta"), "trusted.overlay.metacopy", b"");
     let (u, tree) = commit::open_upper(&up).unwrap();
     let mut w = Writer::new(Vec::new());
-    let e = changeset::write(&u, &tree, None, &IdMap::default(), &mut w)
+    let e = changeset::write(&u, &tree, None, &IdMap::default(), &[], &mut w)
         .expect_err("refused")
         .to_string();
     assert!(e.contains("meta") && e.contains("metacopy"), "{e}");

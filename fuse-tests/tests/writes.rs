@@ -849,6 +849,124 @@ fn rename_of_a_lower_directory_moves_its_merged_content() {
     assert_eq!(names(&rw.p("data")), Vec::<String>::new());
 }
 
+/// With no open handle (the default), the daemon knows a file is open only
+/// from the kernel still holding its inode: a file whose last name goes
+/// while it is open (unlinked, or renamed over), lower or upper, keeps its
+/// data for whoever has it open, as POSIX wants.
+#[test]
+fn a_file_removed_or_replaced_while_open_keeps_its_data() {
+    let rw = rw!(image());
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    // A lower file, unlinked after its first page: the rest is read after.
+    let mut lower = File::open(rw.p("data/big.bin")).unwrap();
+    let mut head = vec![0u8; 4096];
+    lower.read_exact(&mut head).unwrap();
+    fs::remove_file(rw.p("data/big.bin")).unwrap();
+    let mut rest = Vec::new();
+    lower.read_to_end(&mut rest).unwrap();
+    head.extend_from_slice(&rest);
+    assert!(head == big, "the unlinked lower file's data changed");
+    assert_eq!(lower.metadata().unwrap().len(), 3 << 20);
+    assert!(!rw.p("data/big.bin").exists());
+    // An upper file, unlinked between two writes: written, read back,
+    // truncated and stat'ed through its descriptor.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(rw.p("var/scratch"))
+        .unwrap();
+    f.write_all(b"before ").unwrap();
+    fs::remove_file(rw.p("var/scratch")).unwrap();
+    f.write_all(b"after").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "before after");
+    assert_eq!(f.metadata().unwrap().len(), 12);
+    f.set_len(6).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 6);
+    // A lower file renamed over while open for reading.
+    let mut old = File::open(rw.p("etc/app.conf")).unwrap();
+    fs::write(rw.p("etc/new.conf"), "replacement\n").unwrap();
+    fs::rename(rw.p("etc/new.conf"), rw.p("etc/app.conf")).unwrap();
+    let mut s = String::new();
+    old.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "debug=0\n");
+    assert_eq!(
+        fs::read_to_string(rw.p("etc/app.conf")).unwrap(),
+        "replacement\n"
+    );
+    // A copied-up file renamed over while open for writing: the writer goes
+    // on writing the file it has, the name shows the new one.
+    let mut w = OpenOptions::new()
+        .append(true)
+        .open(rw.p("etc/shadow"))
+        .unwrap();
+    w.write_all(b"x\n").unwrap();
+    fs::write(rw.p("etc/other"), "o\n").unwrap();
+    fs::rename(rw.p("etc/other"), rw.p("etc/shadow")).unwrap();
+    w.write_all(b"y\n").unwrap();
+    assert_eq!(
+        w.metadata().unwrap().len(),
+        "root:*:1::::::\nx\ny\n".len() as u64
+    );
+    drop((lower, f, old, w));
+    assert_eq!(fs::read_to_string(rw.p("etc/shadow")).unwrap(), "o\n");
+    assert_eq!(fs::read_to_string(rw.up("etc/shadow")).unwrap(), "o\n");
+    rw.assert_work_dir_clean();
+}
+
+/// A directory is listed with no handle: a reader resumes after the last
+/// name it got (offsets are name hashes), so names made and removed between
+/// two reads never make it skip or repeat a name that stayed.
+#[test]
+fn a_listing_changed_between_reads_skips_and_repeats_nothing_that_stayed() {
+    let rw = rw!(image());
+    let d = rw.p("var/cache");
+    let long = "n".repeat(100);
+    for i in 0..2000 {
+        File::create(d.join(format!("stay-{long}-{i:04}"))).unwrap();
+    }
+    for i in 0..1000 {
+        File::create(d.join(format!("gone-{long}-{i:04}"))).unwrap();
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut it = fs::read_dir(&d).unwrap();
+    for _ in 0..50 {
+        seen.push(
+            it.next()
+                .unwrap()
+                .unwrap()
+                .file_name()
+                .into_string()
+                .unwrap(),
+        );
+    }
+    for i in 0..1000 {
+        fs::remove_file(d.join(format!("gone-{long}-{i:04}"))).unwrap();
+        File::create(d.join(format!("made-{long}-{i:04}"))).unwrap();
+    }
+    for e in it {
+        seen.push(e.unwrap().file_name().into_string().unwrap());
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    let before = sorted.len();
+    sorted.dedup();
+    assert_eq!(before, sorted.len(), "a name was listed twice");
+    let stayed: Vec<&String> = sorted.iter().filter(|n| n.starts_with("stay-")).collect();
+    assert_eq!(stayed.len(), 2000, "a name that stayed was skipped");
+    assert!(
+        sorted.contains(&"new".to_string()),
+        "the lower name was skipped"
+    );
+    // A fresh listing shows the directory as it is now.
+    let now = names(&d);
+    assert_eq!(now.len(), 3001);
+    assert!(now.iter().all(|n| !n.starts_with("gone-")));
+}
+
 #[test]
 fn rename_over_existing_names_and_flags() {
     let rw = rw!(image());
@@ -996,8 +1114,12 @@ fn a_full_upper_gives_enospc_and_stays_consistent() {
     let upper = upper_fs.join("upper");
     fs::create_dir(&upper).unwrap();
     let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
-    // Copy-up of a 3 MiB file into a 1 MiB filesystem.
-    let e = OpenOptions::new().append(true).open(m.p("data/big.bin"));
+    // Copy-up of a 3 MiB file into a 1 MiB filesystem: at the open (with
+    // passthrough) or at the first write (with no open handle).
+    let e = OpenOptions::new()
+        .append(true)
+        .open(m.p("data/big.bin"))
+        .and_then(|mut f| f.write_all(b"x"));
     assert_eq!(errno_of(e), libc::ENOSPC);
     assert_eq!(
         fs::read(m.p("data/big.bin")).unwrap().len(),

@@ -216,6 +216,10 @@ pub fn commit(
         author,
     };
     let stack = opened.as_ref().map(|o| &o.stack);
+    let labels = opened
+        .as_ref()
+        .map(|o| unionfs::layers::copy_labels(&o.stack, o.image.as_ref()))
+        .unwrap_or_default();
     let mut stats = changeset::Stats::default();
     let w = output::write(
         out,
@@ -226,7 +230,7 @@ pub fn commit(
         image_base.as_ref(),
         &mut |w: &mut dyn Write| {
             let mut tw = Writer::new(w);
-            stats = changeset::write(&up, &tree, stack, &ids, &mut tw)?;
+            stats = changeset::write(&up, &tree, stack, &ids, &labels, &mut tw)?;
             tw.finish().map_err(|e| unionfs::Error::io(out, e))?;
             Ok(())
         },
@@ -305,10 +309,12 @@ pub fn export_cmd(
     let ids = ids.map()?;
     let opened = base.open()?.context("export needs the layers")?;
     let up = upper.map(commit::open_upper).transpose()?;
+    let labels = unionfs::layers::copy_labels(&opened.stack, opened.image.as_ref());
     let side = up.as_ref().map(|(u, t)| export::UpperSide {
         upper: u,
         tree: t,
         ids: &ids,
+        labels: &labels,
     });
     match out {
         Some(path) => {

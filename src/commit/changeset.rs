@@ -28,7 +28,6 @@
 //!   holds files whose data, or directories whose content, live in the lower
 //!   layers: refused, naming the file, rather than written incomplete.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -75,6 +74,7 @@ pub fn write<W: Write>(
     tree: &UpperTree,
     stack: Option<&Stack>,
     ids: &IdMap,
+    labels: &[String],
     out: &mut Writer<W>,
 ) -> Result<Stats> {
     let mut w = Walker {
@@ -82,6 +82,7 @@ pub fn write<W: Write>(
         tree,
         stack,
         ids,
+        labels,
         links: Links::new(),
         stats: Stats::default(),
     };
@@ -99,6 +100,8 @@ struct Walker<'a> {
     tree: &'a UpperTree,
     stack: Option<&'a Stack>,
     ids: &'a IdMap,
+    /// The layers' labels, as metadata-only copies name them.
+    labels: &'a [String],
     /// Upper inode → the path written for its first name.
     links: Links<u64>,
     stats: Stats,
@@ -235,10 +238,11 @@ impl Walker<'_> {
             return Ok(None);
         }
         if let EntryKind::File = obj.entry.kind {
-            let mut f = File::from(obj.fd);
-            self.append(out, &obj.entry, &mut f)?;
+            let entry = obj.entry.clone();
+            let mut f = super::upper_data(obj, self.stack, self.labels, &self.on_disk(path))?;
+            self.append(out, &entry, &mut f)?;
             self.stats.files += 1;
-            self.stats.file_bytes += obj.entry.size;
+            self.stats.file_bytes += entry.size;
         } else {
             self.append(out, &obj.entry, &mut io::empty())?;
         }

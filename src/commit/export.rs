@@ -10,7 +10,6 @@
 //! link. (A writable mount breaks a lower link when one name is copied up:
 //! the export shows what the mount shows.)
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -43,6 +42,9 @@ pub struct UpperSide<'a> {
     pub tree: &'a UpperTree,
     /// Real ids to container ids, for objects without an override.
     pub ids: &'a IdMap,
+    /// The layers' labels, as metadata-only copies name them
+    /// (`layers::copy_labels`).
+    pub labels: &'a [String],
 }
 
 /// Writes the merged view of `upper` (if any) over `stack` to `out`.
@@ -194,8 +196,9 @@ impl Walker<'_> {
             self.append(out, &obj.entry, &mut io::empty(), what)?;
         } else if let EntryKind::File = obj.entry.kind {
             self.stats.file_bytes += obj.entry.size;
-            let mut f = File::from(obj.fd);
-            self.append(out, &obj.entry, &mut f, what)?;
+            let entry = obj.entry.clone();
+            let mut f = super::upper_data(obj, Some(self.stack), u.labels, &what())?;
+            self.append(out, &entry, &mut f, what)?;
         } else {
             self.append(out, &obj.entry, &mut io::empty(), what)?;
         }

@@ -140,6 +140,9 @@ pub(crate) struct UpperObject {
     /// The real inode number and link count (hard links in the upper).
     pub ino: u64,
     pub nlink: u64,
+    /// A metadata-only copy's marker (`overlay::metacopy`): its data is in
+    /// a layer, the file is a hole.
+    pub metacopy: Option<Vec<u8>>,
 }
 
 impl UpperObject {
@@ -191,6 +194,7 @@ impl UpperObject {
         };
         let mut xattrs = Vec::new();
         let mut logical = false;
+        let mut metacopy = None;
         for k in keys.split(|&b| b == 0).filter(|k| !k.is_empty()) {
             if INCOMPLETE_XATTRS.contains(&k) {
                 return Err(err(io::Error::other(format!(
@@ -208,6 +212,10 @@ impl UpperObject {
                     None => log::warn!(target: "unionfs::commit", "{}: ignoring a malformed {}",
                         on_disk().display(), String::from_utf8_lossy(OVERRIDE_XATTR)),
                 }
+                continue;
+            }
+            if k == crate::overlay::metacopy::METACOPY_XATTR && kind == libc::S_IFREG {
+                metacopy = Some(get(k).map_err(err)?);
                 continue;
             }
             if is_private_xattr(k) || HOST_XATTRS.contains(&k) {
@@ -268,6 +276,7 @@ impl UpperObject {
             fd,
             ino: st.st_ino,
             nlink: st.st_nlink,
+            metacopy,
         }))
     }
 }
@@ -322,6 +331,34 @@ pub(crate) struct LowerReader<'a> {
     r: LayerRef,
     off: u64,
     label: PathBuf,
+}
+
+/// The data of upper object `obj` at `what`: its file, or, for a
+/// metadata-only copy, its layer's entry (an error naming the file if
+/// `stack` does not have it).
+pub(crate) fn upper_data<'a>(
+    obj: UpperObject,
+    stack: Option<&'a Stack>,
+    labels: &[String],
+    what: &Path,
+) -> Result<Box<dyn io::Read + 'a>> {
+    let Some(marker) = &obj.metacopy else {
+        return Ok(Box::new(std::fs::File::from(obj.fd)));
+    };
+    let origin = stack.and_then(|s| crate::overlay::metacopy::find_origin(s, labels, marker));
+    match (stack, origin) {
+        (Some(s), Some(r)) if s.rec(r).size == obj.entry.size => {
+            Ok(Box::new(LowerReader::new(s, r)))
+        }
+        (Some(_), Some(_)) => Err(Error::io(
+            what,
+            io::Error::other("a metadata-only copy whose size is not its layer entry's"),
+        )),
+        _ => Err(Error::io(
+            what,
+            io::Error::other(crate::overlay::metacopy::missing(marker)),
+        )),
+    }
 }
 
 impl<'a> LowerReader<'a> {

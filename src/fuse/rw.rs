@@ -1,12 +1,20 @@
 //! The FUSE adapter of a writable mount (`--upper`): decodes each request,
 //! calls [`Overlay`], replies. No logic of its own.
 //!
-//! Caching: every change to the merged view is made through this mount, so the
-//! kernel's own caches stay right (it updates dentries and attributes from our
-//! replies); TTLs are still short ([`RW_TTL`]), because one change can alter
-//! what other names show (a copy-up breaks a lower hard link, a rename of a
-//! directory moves everything under it). Files open with `FOPEN_KEEP_CACHE`:
-//! their content only changes through the kernel's own page cache.
+//! Caching: every change to the merged view is made through this mount (the
+//! upper must not change behind it), so the kernel's own caches stay right:
+//! it updates dentries and attributes from our replies, and names and
+//! attributes carry long TTLs ([`RW_TTL`]). Where one operation changes what
+//! another inode shows (a copy-up that makes a directory merged), the
+//! overlay's invalidator tells the kernel (`notify_inval_inode`).
+//!
+//! Opening: by default nothing is opened. `OPEN`, `CREATE` and `OPENDIR`
+//! are answered `ENOSYS`, so the kernel opens files and directories with no
+//! message and no `RELEASE` (keeping page cache and listings across opens),
+//! creates files with `MKNOD`, and names only the inode in `READ`/`WRITE`/
+//! `READDIR` (`overlay::fileio`; listings resume at name-hash offsets). With
+//! `-o passthrough` (root) files get an `OPEN` and a handle instead, so that
+//! upper files can be handed to the kernel by FUSE passthrough.
 //!
 //! The virtual provenance xattrs (see [`super::ProvenanceXattrs`]) are answered
 //! here, before the overlay's own xattrs (where `user.unionfs.*` is private):
@@ -52,6 +60,10 @@ pub struct RwFs {
     notifier: Arc<OnceLock<fuser::Notifier>>,
     /// What the kernel has asked, per opcode.
     req: Requests,
+    /// Files are served with no handle: `OPEN` and `CREATE` are answered
+    /// `ENOSYS` (see `overlay::fileio`). Off only where FUSE passthrough is
+    /// on, which needs an `OPEN` to give the kernel the upper file.
+    no_open: bool,
 }
 
 impl RwFs {
@@ -80,6 +92,7 @@ impl RwFs {
             bufs: Default::default(),
             notifier,
             req: Requests::default(),
+            no_open: true,
         }
     }
 
@@ -222,16 +235,6 @@ fn xattr_reply(reply: ReplyXattr, size: u32, r: io::Result<Vec<u8>>) {
 
 impl Filesystem for RwFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        super::negotiate(
-            config,
-            &[
-                InitFlags::FUSE_DO_READDIRPLUS,
-                InitFlags::FUSE_PARALLEL_DIROPS,
-                InitFlags::FUSE_ASYNC_READ,
-                InitFlags::FUSE_ATOMIC_O_TRUNC,
-                InitFlags::FUSE_BIG_WRITES,
-            ],
-        );
         if self.want_passthrough {
             // Depth 1: the upper may not itself be a stacked filesystem (its
             // registration then fails and passthrough switches off), and this
@@ -242,6 +245,19 @@ impl Filesystem for RwFs {
             log::info!(target: "unionfs::fuse", "FUSE passthrough for upper files: {}",
                 if ok { "on" } else { "not offered by the kernel" });
         }
+        self.no_open = !self.pt.enabled();
+        let mut caps = vec![
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_BIG_WRITES,
+        ];
+        // With no OPEN, an O_TRUNC would be lost if the kernel thought the
+        // open had truncated: without ATOMIC_O_TRUNC it sends a SETATTR.
+        if !self.no_open {
+            caps.push(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        }
+        super::negotiate(config, &caps);
         log::info!(target: "unionfs::fuse", "mounted {} layers with upper {}",
             self.ov.stack().layers().len(), self.ov.upper().path().display());
         Ok(())
@@ -399,6 +415,11 @@ impl Filesystem for RwFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.req.count(Op::Open);
+        if self.no_open {
+            // Zero-message open from now on (no RELEASE either): the kernel
+            // keeps the page cache (FOPEN_KEEP_CACHE) and I/O names the inode.
+            return reply.error(Errno::ENOSYS);
+        }
         let fh = match self.ov.open(ino.0, flags.0) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(e)),
@@ -419,7 +440,7 @@ impl Filesystem for RwFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -429,7 +450,11 @@ impl Filesystem for RwFs {
     ) {
         self.req.count(Op::Read);
         self.bufs.with(size.min(MAX_READ) as usize, |buf| {
-            match self.ov.read(fh.0, offset, buf) {
+            let r = match fh.0 {
+                0 => self.ov.read_ino(ino.0, offset, buf),
+                fh => self.ov.read(fh, offset, buf),
+            };
+            match r {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(errno(e)),
             }
@@ -439,7 +464,7 @@ impl Filesystem for RwFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -449,7 +474,11 @@ impl Filesystem for RwFs {
         reply: ReplyWrite,
     ) {
         self.req.count(Op::Write);
-        match self.ov.write(fh.0, offset, data) {
+        let r = match fh.0 {
+            0 => self.ov.write_ino(ino.0, offset, data),
+            fh => self.ov.write(fh, offset, data),
+        };
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -489,13 +518,17 @@ impl Filesystem for RwFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.req.count(Op::Fsync);
-        empty(reply, self.ov.fsync(fh.0, datasync))
+        let r = match fh.0 {
+            0 => self.ov.fsync_ino(ino.0, datasync),
+            fh => self.ov.fsync(fh, datasync),
+        };
+        empty(reply, r)
     }
 
     fn ioctl(
@@ -513,34 +546,30 @@ impl Filesystem for RwFs {
         super::refuse_ioctl(reply)
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.req.count(Op::Opendir);
-        match self.ov.opendir(ino.0) {
-            // The kernel keeps the listing across opens until the directory
-            // changes (every change goes through this mount, and the kernel
-            // drops the cached listing of a directory it changed).
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        // Zero-message opendir from now on (no RELEASEDIR either), with the
+        // kernel's listing cache on (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE):
+        // every change goes through this mount, and the kernel drops the
+        // cached listing of a directory it changed. READDIR then names the
+        // directory alone, and offsets are name hashes (`ListEntry::cookie`).
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.req.count(Op::Readdir);
-        let list = match self.ov.dir_listing(fh.0, offset == 0) {
+        let list = match self.ov.dir_entries(ino.0, offset == 0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
-        // Offsets: 1 = ".", 2 = "..", 3 + i = list[i] of this handle's snapshot.
+        // Offsets: 1 = ".", 2 = "..", then each entry's cookie.
         let mut off = offset;
         while off < 2 {
             let (n, i) = if off == 0 {
@@ -553,12 +582,15 @@ impl Filesystem for RwFs {
             }
             off += 1;
         }
-        for (i, e) in list.iter().enumerate().skip((off - 2) as usize) {
+        let start = list.partition_point(|e| e.cookie <= off);
+        if start == list.len() {
+            self.ov.drop_entries(ino.0);
+        }
+        for e in &list[start..] {
             // d_ino is advisory; the real number comes with the lookup.
-            let d_ino = 2 + i as u64;
             if reply.add(
-                INodeNo(d_ino),
-                i as u64 + 3,
+                INodeNo(e.cookie),
+                e.cookie,
                 file_type(e.kind),
                 OsStr::from_bytes(&e.name),
             ) {
@@ -572,12 +604,12 @@ impl Filesystem for RwFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         self.req.count(Op::Readdirplus);
-        let list = match self.ov.dir_listing(fh.0, offset == 0) {
+        let list = match self.ov.dir_entries(ino.0, offset == 0) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
@@ -606,15 +638,19 @@ impl Filesystem for RwFs {
             }
             off += 1;
         }
-        for (i, e) in list.iter().enumerate().skip((off - 2) as usize) {
+        let start = list.partition_point(|e| e.cookie <= off);
+        if start == list.len() {
+            self.ov.drop_entries(ino.0);
+        }
+        for e in &list[start..] {
             // A full lookup: the kernel counts a reference for each entry added.
             let a = match self.ov.lookup(ino.0, &e.name) {
                 Ok(a) => a,
-                Err(_) => continue, // removed since the snapshot
+                Err(_) => continue, // removed since the listing was taken
             };
             let full = reply.add(
                 INodeNo(a.ino),
-                i as u64 + 3,
+                e.cookie,
                 OsStr::from_bytes(&e.name),
                 &RW_TTL,
                 &self.attr(&a),
@@ -741,6 +777,11 @@ impl Filesystem for RwFs {
         reply: ReplyCreate,
     ) {
         self.req.count(Op::Create);
+        if self.no_open {
+            // The kernel makes the file with MKNOD and opens it with no
+            // message: one round trip instead of CREATE + RELEASE.
+            return reply.error(Errno::ENOSYS);
+        }
         let ids = self.ids_of(req);
         let (a, fh) = match self.ov.create(parent.0, name(n), mode, flags, ids) {
             Ok(r) => r,
@@ -763,7 +804,7 @@ impl Filesystem for RwFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -771,6 +812,10 @@ impl Filesystem for RwFs {
         reply: ReplyEmpty,
     ) {
         self.req.count(Op::Fallocate);
-        empty(reply, self.ov.fallocate(fh.0, mode, offset, length))
+        let r = match fh.0 {
+            0 => self.ov.fallocate_ino(ino.0, mode, offset, length),
+            fh => self.ov.fallocate(fh, mode, offset, length),
+        };
+        empty(reply, r)
     }
 }

@@ -1,8 +1,9 @@
-//! Open file and directory handles of a writable mount.
+//! Open file handles of a writable mount, and the listing entry type.
 //!
 //! Owns the table from FUSE file handle to what it reads and writes: a lower
-//! file (read in place from its tar), an upper file (an open fd), or a
-//! directory listing snapshot. Does not own opening (`mod.rs`, `write.rs`).
+//! file (read in place from its tar) or an upper file (an open fd), for a
+//! mount made with `-o passthrough` (otherwise files have no handle:
+//! `fileio.rs`). Does not own opening (`mod.rs`, `write.rs`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,6 +22,21 @@ pub struct ListEntry {
     pub name: Vec<u8>,
     /// `st_mode & S_IFMT`.
     pub kind: u32,
+    /// Where a listing resumes after this entry (see [`cookie`]).
+    pub cookie: u64,
+}
+
+/// The `readdir` offset of the entry after `name`: a hash of the name (3 and
+/// up; 1 and 2 are `.` and `..`), so that an offset keeps its meaning however
+/// the directory changes between two `readdir` calls with no handle to hold
+/// a snapshot: a reader resumes after the same name, never skipping or
+/// repeating an entry that stayed (ext4's htree listing works alike).
+pub fn cookie(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same for the life of the mount.
+    let mut h = std::hash::DefaultHasher::new();
+    name.hash(&mut h);
+    3 + (h.finish() >> 2)
 }
 
 /// What a handle refers to; each carries the inode number it was opened on.
@@ -31,12 +47,6 @@ pub enum Handle {
     Lower(u64, LayerRef),
     /// An upper file.
     Upper(u64, File),
-    /// A directory: its listing as of the last `readdir` from offset 0 (not
-    /// taken at `opendir`: the kernel serves most listings from its own
-    /// cache and never asks; taken again at a rewind, so that `rewinddir`
-    /// shows the directory as it is, and the kernel never caches an old
-    /// snapshot under a new mtime).
-    Dir(u64, parking_lot::Mutex<Option<Arc<[ListEntry]>>>),
 }
 
 /// See the module docs.
@@ -69,7 +79,7 @@ impl Handles {
             .lock()
             .values()
             .find(|h| match h.as_ref() {
-                Handle::Lower(i, _) | Handle::Upper(i, _) | Handle::Dir(i, _) => *i == ino,
+                Handle::Lower(i, _) | Handle::Upper(i, _) => *i == ino,
             })
             .cloned()?;
         let mut st = match h.as_ref() {
@@ -81,7 +91,6 @@ impl Handles {
                     dirs: Vec::new(),
                 },
             ),
-            Handle::Dir(..) => return None,
         };
         st.st_ino = ino;
         Some(st)

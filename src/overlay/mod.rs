@@ -1,8 +1,8 @@
 //! The writable union: the upper directory over the layer stack.
 //!
 //! Owns the merge of [`Upper`] (through its in-memory mirror [`UpperTree`]) with
-//! the read-only [`Stack`], the inode numbers of a writable mount, open file
-//! and directory handles, and the order of every write operation: copy-up
+//! the read-only [`Stack`], the inode numbers of a writable mount, file I/O
+//! by inode (`fileio`) or by open handle, and the order of every write operation: copy-up
 //! first, then the change, then the whiteout (kernel `fs/overlayfs/dir.c`,
 //! `copy_up.c`). It knows nothing of FUSE: the adapter (`fuse/rw.rs`) decodes
 //! requests and calls these methods, which return `io::Result` (the errno is
@@ -37,7 +37,9 @@
 //! to check the name still means the same object and record it. Lock order:
 //! copy-up lock, then `tree`, then `nodes`/`handles`.
 
+mod fileio;
 mod handles;
+pub mod metacopy;
 mod nodes;
 mod write;
 
@@ -122,6 +124,11 @@ pub struct Options {
     /// The id mapping: a rootless upper's real ids are host ids, turned into
     /// container ids with it before they are reported like any other.
     pub ids: crate::idmap::IdMap,
+    /// Metadata-only copy-up (`-o metacopy=on`; see `metacopy.rs`).
+    pub metacopy: bool,
+    /// Each layer's label, bottom first, as metadata-only copies name their
+    /// layer: its diffID, or a loose tar's absolute path.
+    pub labels: Vec<String>,
 }
 
 /// The writable union. See the module docs.
@@ -132,6 +139,10 @@ pub struct Overlay {
     tree: RwLock<UpperTree>,
     nodes: Mutex<Nodes>,
     handles: Handles,
+    /// File data by inode number (no-open mode).
+    io: fileio::FileIo,
+    /// The last listing taken of each directory being read (no-open mode).
+    listings: Mutex<lru::LruCache<u64, Arc<[ListEntry]>>>,
     copy_locks: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     /// Per layer with hard links: every hard-link group, by its inode entry
     /// (built on first need).
@@ -176,6 +187,10 @@ impl Overlay {
             tree: RwLock::new(tree),
             nodes: Mutex::new(Nodes::new()),
             handles: Handles::default(),
+            io: fileio::FileIo::default(),
+            listings: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(64).expect("non-zero"),
+            )),
             copy_locks: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             invalidate: std::sync::OnceLock::new(),
@@ -333,7 +348,18 @@ impl Overlay {
     /// `lstat` of the object `r` at `path`, shown as inode `ino`.
     fn stat_of(&self, path: &[Vec<u8>], r: &Resolved, ino: u64) -> io::Result<libc::stat> {
         let mut st = match (&r.upper, &r.lower) {
-            (Some(_), _) => self.upper_stat(path)?,
+            (Some(_), _) => {
+                let mut st = self.upper_stat(path)?;
+                // A metadata-only copy is a hole: its blocks are its layer's
+                // (as overlayfs reports them).
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_blocks == 0 && st.st_size > 0
+                {
+                    if let Ok(Some((_, o))) = self.metacopy_at(path, r) {
+                        st.st_blocks = self.stack.stored_blocks(o) as i64;
+                    }
+                }
+                st
+            }
             (None, Some(m)) => lower_stat(&self.stack, m),
             (None, None) => return Err(eno(libc::ENOENT)),
         };
@@ -385,7 +411,9 @@ impl Overlay {
 
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.nodes.lock().forget(ino, n);
+        if self.nodes.lock().forget(ino, n) {
+            self.io.forgotten(ino);
+        }
     }
 
     /// Attributes of inode `ino` (by its path; an unlinked object still open is
@@ -406,6 +434,7 @@ impl Overlay {
                 drop(tree);
                 self.handles
                     .stat_open(ino, &self.stack)
+                    .or_else(|| self.io.stat_orphan(ino, self))
                     .map(|st| Attr { ino, st })
                     .ok_or_else(|| eno(libc::ENOENT))
             }
@@ -448,6 +477,7 @@ impl Overlay {
                     out.push(ListEntry {
                         name: name.to_vec(),
                         kind: e.kind,
+                        cookie: handles::cookie(name),
                     });
                 }
             }
@@ -459,6 +489,7 @@ impl Overlay {
                     out.push(ListEntry {
                         name: name.to_vec(),
                         kind: self.stack.rec(d.entry).kind(),
+                        cookie: handles::cookie(name),
                     });
                 }
             }
@@ -467,30 +498,36 @@ impl Overlay {
         Ok(out)
     }
 
-    /// Opens directory `ino`: a snapshot of its listing, so that offsets keep
-    /// their meaning however the directory changes while it is read.
-    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
-        self.path_of(ino)?;
-        Ok(self.handles.insert(Handle::Dir(ino, Mutex::new(None))))
+    /// The listing of directory `ino` in cookie order ([`handles::cookie`];
+    /// two names of one cookie, never seen in practice, get consecutive
+    /// ones), for a `readdir` with no handle: taken afresh when the reader
+    /// starts over (`from_start`), else the last one taken (kept per
+    /// directory while the reader goes on; a name made or removed since may
+    /// or may not show, as POSIX allows, and no other is skipped or
+    /// repeated, whichever listing a later call gets).
+    pub fn dir_entries(&self, ino: u64, from_start: bool) -> io::Result<Arc<[ListEntry]>> {
+        if !from_start {
+            if let Some(l) = self.listings.lock().get(&ino) {
+                return Ok(l.clone());
+            }
+        }
+        let path = self.path_of(ino)?;
+        let mut list = self.list(&self.tree.read(), &path)?;
+        list.sort_unstable_by(|a, b| (a.cookie, &a.name).cmp(&(b.cookie, &b.name)));
+        for i in 1..list.len() {
+            if list[i].cookie <= list[i - 1].cookie {
+                list[i].cookie = list[i - 1].cookie + 1;
+            }
+        }
+        let list: Arc<[ListEntry]> = list.into();
+        self.listings.lock().put(ino, list.clone());
+        Ok(list)
     }
 
-    /// The listing snapshot of directory handle `fh`: taken afresh when the
-    /// reader starts over (`from_start`: a `readdir` at offset 0), else the
-    /// one the handle has, so that a reader going on sees the same entries
-    /// at the same offsets whatever changes meanwhile.
-    pub fn dir_listing(&self, fh: u64, from_start: bool) -> io::Result<Arc<[ListEntry]>> {
-        let h = self.handles.get(fh).ok_or_else(|| eno(libc::EBADF))?;
-        let Handle::Dir(ino, l) = &*h else {
-            return Err(eno(libc::EBADF));
-        };
-        let mut g = l.lock();
-        if let (Some(l), false) = (&*g, from_start) {
-            return Ok(l.clone());
-        }
-        let path = self.path_of(*ino)?;
-        let list: Arc<[ListEntry]> = self.list(&self.tree.read(), &path)?.into();
-        *g = Some(list.clone());
-        Ok(list)
+    /// Forgets the listing [`Overlay::dir_entries`] keeps for `ino` (its
+    /// reader reached the end).
+    pub fn drop_entries(&self, ino: u64) {
+        self.listings.lock().pop(&ino);
     }
 
     /// The parent directory's inode number of directory `ino` (for `..`).
@@ -512,21 +549,9 @@ impl Overlay {
 
     /// Reads from file handle `fh`.
     pub fn read(&self, fh: u64, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
         match self.handles.get(fh).as_deref() {
             Some(Handle::Lower(_, r)) => self.stack.layer(r.layer).read(r.entry, off, buf),
-            Some(Handle::Upper(_, f)) => {
-                let mut n = 0;
-                while n < buf.len() {
-                    match f.read_at(&mut buf[n..], off + n as u64) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(n)
-            }
+            Some(Handle::Upper(_, f)) => fileio::read_full(f, off, buf),
             _ => Err(eno(libc::EBADF)),
         }
     }
@@ -553,21 +578,8 @@ impl Overlay {
 
     /// `fallocate` on file handle `fh`.
     pub fn fallocate(&self, fh: u64, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         match self.handles.get(fh).as_deref() {
-            Some(Handle::Upper(_, f)) => {
-                let (off, len) = (
-                    i64::try_from(off).map_err(|_| eno(libc::EFBIG))?,
-                    i64::try_from(len).map_err(|_| eno(libc::EFBIG))?,
-                );
-                // SAFETY: a valid fd owned by the handle; plain integers.
-                let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) };
-                if rc < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            }
+            Some(Handle::Upper(_, f)) => fileio::fallocate(f, mode, off, len),
             Some(_) => Err(eno(libc::EBADF)),
             None => Err(eno(libc::EBADF)),
         }
@@ -734,5 +746,6 @@ fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect(),
         placeholder: None,
+        private: None,
     }
 }

@@ -93,10 +93,16 @@ impl Nodes {
             .unwrap_or_else(|| (1 << 62) | upper.unwrap_or(0))
     }
 
-    /// Drops `n` kernel references; the node goes when none is left.
-    pub(super) fn forget(&mut self, ino: u64, n: u64) {
+    /// Returns true if and only if the kernel holds a reference to `ino`.
+    pub(super) fn is_held(&self, ino: u64) -> bool {
+        ino == ROOT || self.map.get(&ino).is_some_and(|n| n.nlookup > 0)
+    }
+
+    /// Drops `n` kernel references; the node goes when none is left (then
+    /// returns true).
+    pub(super) fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
-            return;
+            return false;
         }
         let gone = match self.map.get_mut(&ino) {
             Some(node) => {
@@ -115,6 +121,7 @@ impl Nodes {
             // frees the number (`unlink`).
             self.map.remove(&ino);
         }
+        gone
     }
 
     /// The path of `ino`, from its most recent location; `None` for a number

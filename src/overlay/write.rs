@@ -63,6 +63,17 @@ fn check_name(name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// What a copy-up copies of a regular file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    /// Everything.
+    Data,
+    /// Metadata, size 0 (it is about to be truncated).
+    Empty,
+    /// Metadata, the size as a hole, and where the data is (metacopy).
+    Meta,
+}
+
 fn child(dir: &[Vec<u8>], name: &[u8]) -> Path {
     let mut p = dir.to_vec();
     p.push(name.to_vec());
@@ -77,7 +88,7 @@ fn decode_rdev(rdev: u32) -> u64 {
 }
 
 impl Overlay {
-    fn copy_lock(&self, key: u64) -> Arc<Mutex<()>> {
+    pub(super) fn copy_lock(&self, key: u64) -> Arc<Mutex<()>> {
         let mut locks = self.copy_locks.lock();
         if locks.len() > 4096 {
             // Drop locks nobody holds; the map stays small.
@@ -102,18 +113,35 @@ impl Overlay {
     /// component's data is copied unless `with_data` is false (it is about to
     /// be truncated to 0).
     pub(super) fn copy_up(&self, path: &[Vec<u8>], with_data: bool) -> io::Result<()> {
+        let how = if with_data { How::Data } else { How::Empty };
+        self.copy_up_as(path, how)
+    }
+
+    /// Copies `path` up for a change of its metadata: without its data (a
+    /// metadata-only copy) on a `metacopy=on` mount, else whole.
+    pub(super) fn copy_up_meta(&self, path: &[Vec<u8>]) -> io::Result<()> {
+        let how = if self.opts.metacopy {
+            How::Meta
+        } else {
+            How::Data
+        };
+        self.copy_up_as(path, how)
+    }
+
+    fn copy_up_as(&self, path: &[Vec<u8>], how: How) -> io::Result<()> {
         // The common case, on every create, remove and rename: already in the
         // upper, and then so are all its ancestors (the tree has no orphans).
         if self.resolve(path)?.upper.is_some() {
             return Ok(());
         }
         for i in 1..=path.len() {
-            self.copy_up_one(&path[..i], i < path.len() || with_data)?;
+            let h = if i < path.len() { How::Data } else { how };
+            self.copy_up_one(&path[..i], h)?;
         }
         Ok(())
     }
 
-    fn copy_up_one(&self, path: &[Vec<u8>], with_data: bool) -> io::Result<()> {
+    fn copy_up_one(&self, path: &[Vec<u8>], how: How) -> io::Result<()> {
         let r = self.resolve(path)?;
         let Some(lock) = self.lower_lock(&r) else {
             return Ok(()); // already in the upper
@@ -130,7 +158,7 @@ impl Overlay {
         let (_, parent_path) = path.split_last().ok_or_else(|| eno(libc::EINVAL))?;
         let parent_fd = self.upper.open_dir(parent_path)?;
         let pst = crate::sys::fstat(parent_fd.as_fd())?;
-        let meta = lower_meta(&self.stack, top);
+        let mut meta = lower_meta(&self.stack, top);
         let rec = self.stack.rec(top);
         let idx = self.stack.index(top);
         let extra = idx.extra(idx.inode_of(top.entry));
@@ -160,9 +188,26 @@ impl Overlay {
             }
             libc::S_IFREG => {
                 let layer = self.stack.layer(top.layer);
-                let size = if with_data { rec.size } else { 0 };
-                let sparse = (with_data && rec.has(crate::tar::index::F_SPARSE))
-                    .then_some(extra.sparse.as_slice());
+                // A metadata-only copy: the size as a hole, and the marker
+                // (a hard link's names share one copy with data instead).
+                let marker = match (how, members.is_empty()) {
+                    (How::Meta, true) => self.metacopy_marker(top),
+                    _ => None,
+                };
+                let with_data = how == How::Data || (how == How::Meta && marker.is_none());
+                let size = if with_data || marker.is_some() {
+                    rec.size
+                } else {
+                    0
+                };
+                let sparse = match &marker {
+                    Some(m) => {
+                        meta.private = Some((super::metacopy::METACOPY_XATTR.to_vec(), m.clone()));
+                        Some(&[][..])
+                    }
+                    None => (with_data && rec.has(crate::tar::index::F_SPARSE))
+                        .then_some(extra.sparse.as_slice()),
+                };
                 let data = |off: u64, buf: &mut [u8]| layer.read(top.entry, off, buf);
                 copy_up_file(&self.upper, path, &meta, data, size, sparse)?
             }
@@ -332,8 +377,20 @@ impl Overlay {
         if r.upper.is_none() {
             self.copy_up(&path, !trunc)?;
         }
+        // A metadata-only copy: read from its layer; filled before a write
+        // (one opened with O_TRUNC is emptied instead, then unmarked).
+        let mc = self.metacopy_at(&path, &r)?;
+        match &mc {
+            Some((_, o)) if !writes => return Ok(self.handles.insert(Handle::Lower(ino, *o))),
+            Some((f, o)) if !trunc => self.fill_metacopy(f, *o)?,
+            _ => {}
+        }
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         let f = self.upper.open_file(&path, flags)?;
+        if let (Some(_), true) = (&mc, trunc) {
+            crate::sys::fremovexattr(f.as_fd(), super::metacopy::METACOPY_XATTR)?;
+            self.io.drop_upper(crate::sys::fstat(f.as_fd())?.st_ino);
+        }
         Ok(self.handles.insert(Handle::Upper(ino, f)))
     }
 
@@ -498,6 +555,8 @@ impl Overlay {
             Some(_) => is_dir || self.upper.stat(&path)?.st_nlink <= 1,
             None => false,
         };
+        let ino = self.ino_peek(&r);
+        let kept = self.keep_data(&path, &r, ino);
         if r.below {
             let st = self.upper.replace_with_whiteout(&dpath, name)?;
             tree.set_whiteout(pnode, name, st.st_mode, st.st_ino);
@@ -510,8 +569,8 @@ impl Overlay {
             tree.remove(pnode, name);
         }
         drop(tree);
-        let ino = self.ino_peek(&r);
         self.nodes.lock().unlink(ino, parent, name, upper_gone);
+        self.name_gone(ino, kept, upper_gone, r.upper.map(|u| u.ino));
         Ok(())
     }
 
@@ -586,6 +645,11 @@ impl Overlay {
             .and_then(|m| self.stack.lookup(m, newname))
             .is_some();
         let mut d_upper_gone = false;
+        // A file replaced while open keeps its data for its reader.
+        let d_kept = match (&d, exchange) {
+            (Some(d), false) => self.keep_data(&dpath, d, self.ino_peek(d)),
+            _ => None,
+        };
         if exchange {
             let d = d.as_ref().ok_or_else(|| eno(libc::ENOENT))?;
             if s_dir && d_below {
@@ -639,6 +703,10 @@ impl Overlay {
             nodes.unlink(di, newparent, newname, d_upper_gone);
         }
         nodes.rename(s_ino, (parent, name), (newparent, newname));
+        drop(nodes);
+        if let (false, Some(d), Some(di)) = (exchange, &d, d_ino) {
+            self.name_gone(di, d_kept, d_upper_gone, d.upper.map(|u| u.ino));
+        }
         Ok(())
     }
 
@@ -688,12 +756,40 @@ impl Overlay {
                 return Ok(Attr { ino, st });
             }
         }
-        let path = self.path_of(ino)?;
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            // Unlinked while open: through the data it keeps.
+            Err(e) => match self.io.orphan(ino) {
+                Some(super::fileio::Data::Upper(f)) => {
+                    self.upper.set_attr_fd(f.as_fd(), a)?;
+                    let (mut st, logical) = self.upper.fstat_logical(f.as_fd())?;
+                    self.fix_ids(&mut st, logical);
+                    st.st_ino = ino;
+                    return Ok(Attr { ino, st });
+                }
+                Some(_) => return Err(eno(libc::EROFS)),
+                None => return Err(e),
+            },
+        };
         let r = self.resolve(&path)?;
-        if r.upper.is_none() {
-            self.copy_up(&path, a.size != Some(0))?;
+        let mut emptied = None;
+        match (&r.upper, a.size) {
+            (None, None) => self.copy_up_meta(&path)?,
+            (None, Some(s)) => self.copy_up(&path, s != 0)?,
+            // A metadata-only copy gets its data before a size change; one
+            // truncated to 0 needs none: its marker goes once it is empty.
+            (Some(_), Some(s)) => match self.metacopy_at(&path, &r)? {
+                Some((f, _)) if s == 0 => emptied = Some(f),
+                Some((f, o)) => self.fill_metacopy(&f, o)?,
+                None => {}
+            },
+            (Some(_), None) => {}
         }
         self.upper.set_attr(&path, a)?;
+        if let Some(f) = emptied {
+            crate::sys::fremovexattr(f.as_fd(), super::metacopy::METACOPY_XATTR)?;
+            self.io.drop_upper(crate::sys::fstat(f.as_fd())?.st_ino);
+        }
         let st = self.stat_of(&path, &self.resolve(&path)?, ino)?;
         Ok(Attr { ino, st })
     }
@@ -705,7 +801,7 @@ impl Overlay {
         if crate::upper::is_private_xattr(key) {
             return Err(eno(libc::EPERM));
         }
-        self.copy_up(&path, true)?;
+        self.copy_up_meta(&path)?;
         self.upper.set_xattr(&path, key, value, flags)
     }
 
@@ -720,7 +816,7 @@ impl Overlay {
             // Nothing to copy up for an xattr the object does not have.
             self.getxattr(ino, key)?;
         }
-        self.copy_up(&path, true)?;
+        self.copy_up_meta(&path)?;
         self.upper.remove_xattr(&path, key)
     }
 }

@@ -56,6 +56,9 @@ pub struct Meta {
     /// Rootless only: the object is a placeholder for a device of this type
     /// and number (`S_IFCHR`/`S_IFBLK`, `makedev`); see `owner.rs`.
     pub placeholder: Option<(u32, u64)>,
+    /// A private xattr to set as well (`overlay::metacopy`'s marker of a
+    /// metadata-only copy: set before the copy is renamed into place).
+    pub private: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The result of a copy-up.
@@ -221,6 +224,9 @@ fn set_meta(upper: &Upper, fd: BorrowedFd<'_>, kind: u32, meta: &Meta) -> io::Re
     for (k, v) in &meta.xattrs {
         copy_xattr(fd, kind, k, v)?;
     }
+    if let Some((k, v)) = &meta.private {
+        sys::path_setxattr(fd, k, v, 0)?;
+    }
     let ts = |(s, ns): (i64, u32)| libc::timespec {
         tv_sec: s,
         tv_nsec: i64::from(ns.min(999_999_999)),
@@ -253,7 +259,14 @@ fn copy_xattr(fd: BorrowedFd<'_>, kind: u32, k: &[u8], v: &[u8]) -> io::Result<(
 
 /// Writes the file's data: everything, or only the sparse map's chunks; then
 /// sets the size (the holes of a sparse file stay holes).
-fn copy_data<F>(f: &File, data: &F, size: u64, sparse_map: Option<&[(u64, u64)]>) -> io::Result<()>
+/// Writes `size` bytes read with `data` (only the chunks of `sparse_map`,
+/// if given) into `f`, and sets its size.
+pub(crate) fn copy_data<F>(
+    f: &File,
+    data: &F,
+    size: u64,
+    sparse_map: Option<&[(u64, u64)]>,
+) -> io::Result<()>
 where
     F: Fn(u64, &mut [u8]) -> io::Result<usize>,
 {
@@ -316,6 +329,7 @@ mod tests {
                 (b"user.unionfs.x".to_vec(), b"z".to_vec()),
             ],
             placeholder: None,
+            private: None,
         }
     }
 

@@ -517,8 +517,11 @@ impl Mount {
     }
 
     /// Mounts existing layer tars (bottom first) with the writable upper
-    /// directory `upper` (work dir: the default, next to it), read-write, with
-    /// FUSE passthrough of upper files as the `unionfs` binary mounts as root.
+    /// directory `upper` (work dir: the default, next to it), read-write, as
+    /// the `unionfs` binary mounts by default: files served with no open
+    /// handle. With `UNIONFS_TEST_PASSTHROUGH` set, as `-o passthrough` does
+    /// instead: OPEN per file, upper files by FUSE passthrough (`tools/test`
+    /// runs the write tests both ways).
     pub fn with_upper(layers: &[PathBuf], upper: &Path, format: WhiteoutFormat) -> Option<Mount> {
         if !fuse_available("mount test") {
             return None;
@@ -529,7 +532,8 @@ impl Mount {
         let ov = Overlay::new(stack, up, overlay::Options::default()).expect("scan upper");
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
-        let fs = RwFs::new(ov, Default::default()).with_passthrough(true);
+        let passthrough = std::env::var_os("UNIONFS_TEST_PASSTHROUGH").is_some();
+        let fs = RwFs::new(ov, Default::default()).with_passthrough(passthrough);
         let slot = fs.notifier_slot();
         let m = Mount::spawn(fs, &cfg, layers);
         let _ = slot.set(m.session.as_ref().expect("live").notifier());

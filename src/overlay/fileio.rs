@@ -1,0 +1,299 @@
+//! File I/O by inode number, with no open handle ("no-open" mode).
+//!
+//! A writable mount answers `OPEN` with `ENOSYS`, as a read-only one does:
+//! the kernel then sends no `OPEN` and no `RELEASE` for any file of the
+//! mount (FUSE "zero-message open", with `FOPEN_KEEP_CACHE`), and each
+//! `READ`/`WRITE` names the inode alone. Two round trips fewer per `open`
+//! and `close` is what makes a writable mount read like a read-only one.
+//!
+//! So the data of an inode is found per request:
+//! - a lower file is read in place from its layer;
+//! - an upper file through an fd kept in a small LRU keyed by the upper
+//!   file's `st_ino` (a key the file keeps across renames, and that no other
+//!   file can take while the fd is open);
+//! - the first write to a lower file copies it up, as the first `open` for
+//!   writing did before (overlayfs copies up at open; the difference cannot
+//!   be seen through the mount: the copy has the same content, inode number
+//!   and times, and the parent's times are put back);
+//! - an object whose last name goes while the kernel still holds its inode
+//!   (unlinked or renamed over while open) keeps its data here, an *orphan*,
+//!   until the kernel forgets the inode: reads and writes through a file
+//!   still open keep working, as POSIX wants.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use super::{eno, lower_stat, Overlay, Resolved};
+use crate::stack::{LayerRef, Merged};
+
+/// How many upper files stay open between requests.
+const OPEN_FILES: usize = 256;
+
+/// Where a file's data is.
+#[derive(Clone, Debug)]
+pub(super) enum Data {
+    /// In its layer.
+    Lower(LayerRef),
+    /// In the upper.
+    Upper(Arc<File>),
+}
+
+/// An open upper file, with the layer entry holding its data if it is a
+/// metadata-only copy (`metacopy.rs`).
+pub(super) type OpenUpper = (Arc<File>, Option<LayerRef>);
+
+/// See the module docs.
+#[derive(Debug)]
+pub(super) struct FileIo {
+    /// Open upper files by upper `st_ino`, with the layer entry holding the
+    /// data of a metadata-only copy.
+    fds: Mutex<LruCache<u64, OpenUpper>>,
+    /// Objects with no name left that the kernel still holds, by inode number.
+    orphans: Mutex<HashMap<u64, Data>>,
+}
+
+impl Default for FileIo {
+    fn default() -> FileIo {
+        FileIo {
+            fds: Mutex::new(LruCache::new(
+                NonZeroUsize::new(OPEN_FILES).expect("non-zero"),
+            )),
+            orphans: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl FileIo {
+    /// Closes the cached fd of the upper file `st_ino` (its last name is
+    /// gone: the space is freed once nothing else holds it).
+    pub(super) fn drop_upper(&self, st_ino: u64) {
+        self.fds.lock().pop(&st_ino);
+    }
+
+    /// The data orphan `ino` keeps, if it is one.
+    pub(super) fn orphan(&self, ino: u64) -> Option<Data> {
+        self.orphans.lock().get(&ino).cloned()
+    }
+
+    /// The upper is full: if files unlinked since may still hold space only
+    /// because the kernel's FORGET of them is in flight (another thread is
+    /// about to serve it; a file not open is evicted at its unlink), waits a
+    /// little for them to go. Returns true if the space they held may be
+    /// free now (worth a retry).
+    pub(super) fn settle_orphans(&self) -> bool {
+        let before = self.orphans.lock().len();
+        if before == 0 {
+            return false;
+        }
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            if self.orphans.lock().len() < before {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The kernel forgot `ino`: an orphan's data goes.
+    pub(super) fn forgotten(&self, ino: u64) {
+        self.orphans.lock().remove(&ino);
+    }
+
+    /// `lstat` of orphan `ino`, if it is one.
+    pub(super) fn stat_orphan(&self, ino: u64, ov: &Overlay) -> Option<libc::stat> {
+        let d = self.orphans.lock().get(&ino).cloned()?;
+        let mut st = match d {
+            Data::Upper(f) => {
+                let (mut st, logical) = ov.upper.fstat_logical(f.as_fd()).ok()?;
+                ov.fix_ids(&mut st, logical);
+                st
+            }
+            Data::Lower(r) => lower_stat(
+                &ov.stack,
+                &Merged {
+                    top: r,
+                    dirs: Vec::new(),
+                },
+            ),
+        };
+        st.st_ino = ino;
+        Some(st)
+    }
+}
+
+impl Overlay {
+    /// The open upper file of `st_ino` at `path`: cached, or opened (read and
+    /// write; read-only where the upper refuses writing) and checked to be
+    /// that file; with the layer entry holding its data if it is a
+    /// metadata-only copy.
+    pub(super) fn upper_fd(&self, path: &[Vec<u8>], st_ino: u64) -> io::Result<OpenUpper> {
+        if let Some(f) = self.io.fds.lock().get(&st_ino) {
+            return Ok(f.clone());
+        }
+        let f = match self.upper.open_file(path, libc::O_RDWR) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EROFS | libc::ETXTBSY | libc::EPERM)
+                ) =>
+            {
+                self.upper.open_file(path, libc::O_RDONLY)?
+            }
+            r => r?,
+        };
+        // A rename between the resolution and the open: not the same file.
+        if crate::sys::fstat(f.as_fd())?.st_ino != st_ino {
+            return Err(eno(libc::ESTALE));
+        }
+        let origin = self.metacopy_origin(&f, path)?;
+        let v = (Arc::new(f), origin);
+        self.io.fds.lock().put(st_ino, v.clone());
+        Ok(v)
+    }
+
+    /// Where the data of file `ino` is; for `write`, in the upper (copied up
+    /// first).
+    pub(super) fn data(&self, ino: u64, write: bool) -> io::Result<Data> {
+        for _ in 0..3 {
+            let found = {
+                let tree = self.tree.read();
+                let path = self.nodes.lock().path(ino);
+                path.and_then(|p| self.resolve_in(&tree, &p).map(|r| (p, r)))
+            };
+            let Some((path, r)) = found else {
+                return self.io.orphan(ino).ok_or_else(|| eno(libc::ESTALE));
+            };
+            match r.kind(&self.stack) {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(eno(libc::EISDIR)),
+                _ => return Err(eno(libc::EINVAL)),
+            }
+            match (&r.upper, &r.lower) {
+                (Some(u), _) => match self.upper_fd(&path, u.ino) {
+                    Err(e) if e.raw_os_error() == Some(libc::ESTALE) => continue,
+                    Err(e) => return Err(e),
+                    Ok((f, None)) => return Ok(Data::Upper(f)),
+                    // A metadata-only copy: read from its layer, filled at
+                    // the first write.
+                    Ok((_, Some(o))) if !write => return Ok(Data::Lower(o)),
+                    Ok((f, Some(o))) => self.fill_metacopy(&f, o)?,
+                },
+                (None, Some(m)) if !write => return Ok(Data::Lower(m.top)),
+                (None, Some(_)) => self.copy_up(&path, true)?,
+                (None, None) => return Err(eno(libc::ENOENT)),
+            }
+        }
+        Err(eno(libc::ESTALE))
+    }
+
+    /// Reads file `ino` at `off`.
+    pub fn read_ino(&self, ino: u64, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        match self.data(ino, false)? {
+            Data::Lower(r) => self.stack.layer(r.layer).read(r.entry, off, buf),
+            Data::Upper(f) => read_full(&f, off, buf),
+        }
+    }
+
+    /// Writes file `ino` at `off` (copying it up first if it is lower).
+    pub fn write_ino(&self, ino: u64, off: u64, data: &[u8]) -> io::Result<usize> {
+        let write = || match self.data(ino, true)? {
+            Data::Upper(f) => f.write_at(data, off),
+            Data::Lower(_) => Err(eno(libc::EIO)),
+        };
+        match write() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && self.io.settle_orphans() => write(),
+            r => r,
+        }
+    }
+
+    /// `fsync`/`fdatasync` of file `ino` (a lower file: nothing to do).
+    pub fn fsync_ino(&self, ino: u64, datasync: bool) -> io::Result<()> {
+        match self.data(ino, false)? {
+            Data::Upper(f) => crate::sys::fsync(f.as_fd(), datasync),
+            Data::Lower(_) => Ok(()),
+        }
+    }
+
+    /// `fallocate` of file `ino` (copying it up first).
+    pub fn fallocate_ino(&self, ino: u64, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        match self.data(ino, true)? {
+            Data::Upper(f) => fallocate(&f, mode, off, len),
+            Data::Lower(_) => Err(eno(libc::EIO)),
+        }
+    }
+
+    /// Before the name of `r` (at `path`, inode `ino`) goes: the data to keep
+    /// if it is a file the kernel still holds.
+    pub(super) fn keep_data(&self, path: &[Vec<u8>], r: &Resolved, ino: u64) -> Option<Data> {
+        if r.kind(&self.stack) != libc::S_IFREG || !self.nodes.lock().is_held(ino) {
+            return None;
+        }
+        match (&r.upper, &r.lower) {
+            // A metadata-only copy keeps its layer's data (read-only).
+            (Some(u), _) => match self.upper_fd(path, u.ino).ok()? {
+                (_, Some(o)) => Some(Data::Lower(o)),
+                (f, None) => Some(Data::Upper(f)),
+            },
+            (None, Some(m)) => Some(Data::Lower(m.top)),
+            (None, None) => None,
+        }
+    }
+
+    /// After a name of `ino` went (`upper_gone`: with its upper object's
+    /// last name, `st_ino` `upper_ino`): keeps `kept` as the orphan's data if
+    /// the kernel knows no name of it any more; closes the cached fd.
+    pub(super) fn name_gone(
+        &self,
+        ino: u64,
+        kept: Option<Data>,
+        upper_gone: bool,
+        upper_ino: Option<u64>,
+    ) {
+        if let (true, Some(u)) = (upper_gone, upper_ino) {
+            self.io.drop_upper(u);
+        }
+        let Some(d) = kept else { return };
+        let nodes = self.nodes.lock();
+        if nodes.is_held(ino) && nodes.path(ino).is_none() {
+            self.io.orphans.lock().insert(ino, d);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+pub(super) fn read_full(f: &File, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// `fallocate(2)` on `f`.
+pub(super) fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (off, len) = (
+        i64::try_from(off).map_err(|_| eno(libc::EFBIG))?,
+        i64::try_from(len).map_err(|_| eno(libc::EFBIG))?,
+    );
+    // SAFETY: a valid fd; plain integers.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
