@@ -523,13 +523,29 @@ impl Mount {
     /// instead: OPEN per file, upper files by FUSE passthrough (`tools/test`
     /// runs the write tests both ways).
     pub fn with_upper(layers: &[PathBuf], upper: &Path, format: WhiteoutFormat) -> Option<Mount> {
+        Mount::with_upper_metacopy(layers, upper, format, false)
+    }
+
+    /// As [`Mount::with_upper`], with `-o metacopy=on` if `metacopy`.
+    pub fn with_upper_metacopy(
+        layers: &[PathBuf],
+        upper: &Path,
+        format: WhiteoutFormat,
+        metacopy: bool,
+    ) -> Option<Mount> {
         if !fuse_available("mount test") {
             return None;
         }
         let tars = unionfs::tar::open_all(layers, &IndexOptions::default()).expect("open layers");
-        let stack = Arc::new(Stack::new(tars));
+        let stack = Stack::new(tars);
+        let opts = overlay::Options {
+            metacopy,
+            labels: unionfs::layers::copy_labels(&stack, None),
+            ..Default::default()
+        };
+        let stack = Arc::new(stack);
         let up = Upper::open(upper, None, format).expect("open upper");
-        let ov = Overlay::new(stack, up, overlay::Options::default()).expect("scan upper");
+        let ov = Overlay::new(stack, up, opts).expect("scan upper");
         let mut cfg = fuse_config();
         cfg.mount_options[2] = MountOption::RW;
         let passthrough = std::env::var_os("UNIONFS_TEST_PASSTHROUGH").is_some();
