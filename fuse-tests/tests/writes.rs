@@ -1802,7 +1802,8 @@ fn metacopy_copies_metadata_only_until_the_first_write() {
     let up = rw.up("data/big.bin");
     let st = fs::symlink_metadata(&up).unwrap();
     assert_eq!(st.len(), 3 << 20);
-    assert_eq!(st.blocks(), 0, "chmod copied the data");
+    // (An xattr too big for the inode takes a block of its own on ext4.)
+    assert!(st.blocks() < 64, "chmod copied the data");
     assert_eq!(st.mode() & 0o7777, 0o600);
     let marker = lgetxattr_sized(&up, METACOPY, 4096).expect("the marker");
     assert!(marker.ends_with(b"\0data/big.bin"), "{marker:?}");
@@ -1964,4 +1965,106 @@ fn metacopy_files_are_committed_and_exported_whole() {
         msg.contains("data/big.bin") && msg.contains("metacopy"),
         "{msg}"
     );
+}
+
+/// The `unionfs` binary of this test's profile, built if need be
+/// (`$UNIONFS_BIN` if set).
+fn unionfs_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("UNIONFS_BIN") {
+        return PathBuf::from(b);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "unionfs", "--bin", "unionfs"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+        .arg("--target-dir")
+        .arg(profile_dir.parent().expect("target dir"));
+    if profile_dir.file_name() == Some(OsStr::new("release")) {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().expect("cargo build").success(), "cargo build");
+    profile_dir.join("unionfs")
+}
+
+/// kill -9 of the daemon while it copies the data of a metadata-only copy
+/// in (a 48 MiB file; killed at several moments of the copy): after a
+/// remount the file reads as the layer's data, or as that with the write,
+/// never torn, and takes the write again.
+#[test]
+fn kill_9_during_a_metacopy_data_copy_never_tears_the_file() {
+    if !fuse_available("kill -9 test") {
+        return;
+    }
+    let bin = unionfs_bin();
+    let dir = scratch_dir("unionfs-kill-");
+    let big: Vec<u8> = (0..48u32 << 20).map(|i| (i * 13 % 251) as u8).collect();
+    let mut l = Layer::new();
+    l.dir("d");
+    l.file("d/big", big.clone());
+    let tars = write_layers(dir.path(), &[l]);
+    let mut with = big.clone();
+    with[0] = b'!';
+    for (round, delay) in [5u64, 40, 150].into_iter().enumerate() {
+        let upper = dir.path().join(format!("up{round}"));
+        let mnt = dir.path().join(format!("mnt{round}"));
+        fs::create_dir(&upper).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        let mut daemon = Command::new(&bin)
+            .args(["mount", "-f", "-o", "metacopy=on", "--layers"])
+            .arg(&tars[0])
+            .arg("--upper")
+            .arg(&upper)
+            .arg(&mnt)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !is_mounted(&mnt) {
+            assert!(t0.elapsed().as_secs() < 20, "the mount did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let p = mnt.join("d/big");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(lgetxattr_len(&upper.join("d/big"), METACOPY).is_ok());
+        let writer = std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.write_all_at(b"!", 0))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let _ = writer.join();
+        force_unmount(&mnt);
+        let m = Mount::with_upper_metacopy(&tars, &upper, WhiteoutFormat::Oci, true).unwrap();
+        let got = fs::read(m.p("d/big")).unwrap();
+        eprintln!(
+            "round {round}: remounted at {:?}, written before the kill: {}, upper blocks {}",
+            t0.elapsed(),
+            got == with,
+            fs::metadata(upper.join("d/big")).unwrap().blocks()
+        );
+        assert!(
+            got == big || got == with,
+            "round {round} (killed after {delay} ms): the file is torn"
+        );
+        let f = OpenOptions::new().write(true).open(m.p("d/big")).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"!", 0).unwrap();
+        drop(f);
+        assert!(fs::read(m.p("d/big")).unwrap() == with, "round {round}");
+        assert_eq!(fs::metadata(m.p("d/big")).unwrap().mode() & 0o7777, 0o600);
+        m.unmount();
+        assert_eq!(
+            lgetxattr_len(&upper.join("d/big"), METACOPY),
+            Err(libc::ENODATA)
+        );
+    }
 }

@@ -727,6 +727,7 @@ impl Filesystem for RwFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         self.req.count(Op::Getxattr);
+        log::trace!(target: "unionfs::fuse", "getxattr({}, {n:?})", ino.0);
         let r = if name(n) == REQUESTS_XATTR {
             Ok(self.req.text())
         } else if is_provenance_xattr(name(n)) {

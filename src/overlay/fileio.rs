@@ -131,23 +131,25 @@ impl FileIo {
 
 impl Overlay {
     /// The open upper file of `st_ino` at `path`: cached, or opened (read and
-    /// write; read-only where the upper refuses writing) and checked to be
+    /// write) and checked to be
     /// that file; with the layer entry holding its data if it is a
     /// metadata-only copy.
     pub(super) fn upper_fd(&self, path: &[Vec<u8>], st_ino: u64) -> io::Result<OpenUpper> {
         if let Some(f) = self.io.fds.lock().get(&st_ino) {
             return Ok(f.clone());
         }
-        let f = match self.upper.open_file(path, libc::O_RDWR) {
+        // Read-only where the upper refuses writing: then not cached, so that
+        // a write later (the refusal gone) never meets a read-only fd.
+        let (f, cache) = match self.upper.open_file(path, libc::O_RDWR) {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::EACCES | libc::EROFS | libc::ETXTBSY | libc::EPERM)
                 ) =>
             {
-                self.upper.open_file(path, libc::O_RDONLY)?
+                (self.upper.open_file(path, libc::O_RDONLY)?, false)
             }
-            r => r?,
+            r => (r?, true),
         };
         // A rename between the resolution and the open: not the same file.
         if crate::sys::fstat(f.as_fd())?.st_ino != st_ino {
@@ -155,7 +157,9 @@ impl Overlay {
         }
         let origin = self.metacopy_origin(&f, path)?;
         let v = (Arc::new(f), origin);
-        self.io.fds.lock().put(st_ino, v.clone());
+        if cache {
+            self.io.fds.lock().put(st_ino, v.clone());
+        }
         Ok(v)
     }
 

@@ -351,9 +351,9 @@ impl Overlay {
             (Some(_), _) => {
                 let mut st = self.upper_stat(path)?;
                 // A metadata-only copy is a hole: its blocks are its layer's
-                // (as overlayfs reports them).
-                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_blocks == 0 && st.st_size > 0
-                {
+                // (as overlayfs reports them). Fewer blocks than its size
+                // needs tell a hole (the marker may take a block of its own).
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_blocks * 512 < st.st_size {
                     if let Ok(Some((_, o))) = self.metacopy_at(path, r) {
                         st.st_blocks = self.stack.stored_blocks(o) as i64;
                     }
