@@ -248,6 +248,8 @@ impl Filesystem for RwFs {
         self.no_open = !self.pt.enabled();
         let mut caps = vec![
             InitFlags::FUSE_DO_READDIRPLUS,
+            // A symlink's target never changes (a new one is a new inode).
+            InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_BIG_WRITES,

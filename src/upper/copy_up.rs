@@ -100,10 +100,13 @@ where
     let make = |w: BorrowedFd<'_>, n: &[u8]| {
         sys::openat(w, n, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)
     };
+    // No data written (an empty file, a metadata-only copy): nothing for an
+    // fsync to make durable (kernel overlayfs syncs only copied data too).
+    let no_data = size == 0 || sparse_map.is_some_and(|m| m.is_empty());
     let fill = |fd| {
         let f = File::from(fd);
         copy_data(&f, &data, size, sparse_map)?;
-        if !upper.is_volatile() {
+        if !upper.is_volatile() && !no_data {
             sys::fsync(f.as_fd(), true)?;
         }
         Ok(())
