@@ -562,12 +562,13 @@ fn wchar(pid: u32) -> u64 {
         .expect("wchar in /proc/PID/io")
 }
 
-/// As root, reads and writes of upper files go by FUSE passthrough: the
-/// daemon moves none of their bytes. `-o nopassthrough` serves them through
-/// the daemon. Either way the bytes land in the upper, through write(2),
-/// through a shared mmap and after a copy-up of a lower file.
+/// As root with `-o passthrough`, reads and writes of upper files go by FUSE
+/// passthrough: the daemon moves none of their bytes. By default (files
+/// opened with no message) the daemon serves them. Either way the bytes land
+/// in the upper, through write(2), through a shared mmap and after a copy-up
+/// of a lower file.
 #[test]
-fn upper_file_io_goes_by_passthrough_unless_switched_off() {
+fn upper_file_io_goes_by_passthrough_when_asked() {
     require_fuse();
     let (dir, layers) = sample();
     const MIB: usize = 1 << 20;
@@ -580,8 +581,8 @@ fn upper_file_io_goes_by_passthrough_unless_switched_off() {
         let _guard = Unmount(mnt.clone());
         let up = upper.display().to_string();
         let mut args = vec!["--layers", &layers, "--upper", &up];
-        if !passthrough {
-            args.extend(["-o", "nopassthrough"]);
+        if passthrough {
+            args.extend(["-o", "passthrough"]);
         }
         let mut child = mount_fg(&args, &mnt, dir.path());
         let pid = child.id();
