@@ -54,13 +54,6 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------
 // Fixtures and the binary
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("fuse-tests has a parent")
-        .to_path_buf()
-}
-
 /// The fixture directory, built (or checked: the script is idempotent) once
 /// per test process, under an flock so that test processes do not race.
 fn fixtures() -> &'static Path {
@@ -72,7 +65,7 @@ fn fixtures() -> &'static Path {
             0,
             "the image tests need root (umoci keeps owners and devices; dockerd; mounts)"
         );
-        let script = repo_root().join("tools/image-fixtures");
+        let script = util::repo_root().join("tools/image-fixtures");
         let bytes = fs::read(&script).unwrap_or_else(|e| panic!("read {}: {e}", script.display()));
         let key = format!("{:x}", Sha256::digest(&bytes));
         let root = Path::new(FIXTURE_ROOT);
@@ -147,35 +140,7 @@ fn meta_str(path: &[&str]) -> String {
 fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let bin = if let Some(b) = std::env::var_os("UNIONFS_BIN") {
-            PathBuf::from(b)
-        } else {
-            // target/<profile>/deps/image-HASH -> target/<profile>/unionfs
-            let exe = std::env::current_exe().expect("current_exe");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test binary in target/<profile>/deps");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "unionfs", "--bin", "unionfs"])
-                .arg("--manifest-path")
-                .arg(repo_root().join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(profile_dir.parent().expect("target dir"))
-                .stdin(Stdio::null());
-            if profile_dir.file_name() == Some(OsStr::new("release")) {
-                cmd.arg("--release");
-            }
-            let out = cmd.output().expect("run cargo build");
-            assert!(
-                out.status.success(),
-                "cargo build --bin unionfs failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            profile_dir.join("unionfs")
-        };
-        assert!(bin.is_file(), "{} is missing", bin.display());
+        let bin = util::unionfs_bin().to_path_buf();
         let help = Command::new(&bin)
             .args(["mount", "--help"])
             .output()

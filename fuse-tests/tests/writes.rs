@@ -1967,31 +1967,6 @@ fn metacopy_files_are_committed_and_exported_whole() {
     );
 }
 
-/// The `unionfs` binary of this test's profile, built if need be
-/// (`$UNIONFS_BIN` if set).
-fn unionfs_bin() -> PathBuf {
-    if let Some(b) = std::env::var_os("UNIONFS_BIN") {
-        return PathBuf::from(b);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "unionfs", "--bin", "unionfs"])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-        .arg("--target-dir")
-        .arg(profile_dir.parent().expect("target dir"));
-    if profile_dir.file_name() == Some(OsStr::new("release")) {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("cargo build").success(), "cargo build");
-    profile_dir.join("unionfs")
-}
-
 /// `unionfs mount -f -o OPTS --layers TAR --upper UPPER MNT`, once mounted.
 fn spawn_daemon(
     bin: &Path,
@@ -2018,6 +1993,24 @@ fn spawn_daemon(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     daemon
+}
+
+/// Writes `!` at offset 0 of `rel` in the mount of `daemon`, kills the daemon
+/// (SIGKILL) `delay` ms later, and detaches the dead mount.
+fn kill_while_writing(mut daemon: std::process::Child, mnt: &Path, rel: &str, delay: u64) {
+    let p = mnt.join(rel);
+    let writer = std::thread::spawn(move || {
+        use std::os::unix::fs::FileExt;
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.write_all_at(b"!", 0))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(delay));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let _ = writer.join();
+    force_unmount(mnt);
 }
 
 /// kill -9 of the daemon during the copy-up of a lower hard link (a 48 MiB
@@ -2056,26 +2049,10 @@ fn kill_9_during_a_linked_copy_up_never_splits_the_group() {
         let mnt = dir.path().join(format!("mnt{round}"));
         fs::create_dir(&upper).unwrap();
         fs::create_dir(&mnt).unwrap();
-        let mut daemon = spawn_daemon(&bin, &tars[0], &upper, &mnt, "nosuid");
-        let p = mnt.join("b/f");
-        let writer = std::thread::spawn(move || {
-            use std::os::unix::fs::FileExt;
-            OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .and_then(|f| f.write_all_at(b"!", 0))
-        });
-        std::thread::sleep(std::time::Duration::from_millis(delay));
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
-        let _ = writer.join();
-        force_unmount(&mnt);
+        let daemon = spawn_daemon(bin, &tars[0], &upper, &mnt, "nosuid");
+        kill_while_writing(daemon, &mnt, "b/f", delay);
         let in_upper = names.iter().filter(|n| upper.join(n).exists()).count();
         eprintln!("round {round}: killed after {delay} ms; names in the upper: {in_upper}");
-        if std::env::var_os("KILL_DEBUG").is_some() {
-            let o = Command::new("sh").arg("-c").arg(format!("cd {} && find .. -path '*up{round}*' -o -path '*unionfs-work*' | head -30; getfattr -R -d -m - . 2>/dev/null", upper.display())).output().unwrap();
-            eprintln!("{}", String::from_utf8_lossy(&o.stdout));
-        }
         let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
         let inos: Vec<u64> = names
             .iter()
@@ -2152,22 +2129,11 @@ fn kill_9_during_a_metacopy_data_copy_never_tears_the_file() {
         let mnt = dir.path().join(format!("mnt{round}"));
         fs::create_dir(&upper).unwrap();
         fs::create_dir(&mnt).unwrap();
-        let mut daemon = spawn_daemon(&bin, &tars[0], &upper, &mnt, "metacopy=on");
+        let daemon = spawn_daemon(bin, &tars[0], &upper, &mnt, "metacopy=on");
         let p = mnt.join("d/big");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(lgetxattr_len(&upper.join("d/big"), METACOPY).is_ok());
-        let writer = std::thread::spawn(move || {
-            use std::os::unix::fs::FileExt;
-            OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .and_then(|f| f.write_all_at(b"!", 0))
-        });
-        std::thread::sleep(std::time::Duration::from_millis(delay));
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
-        let _ = writer.join();
-        force_unmount(&mnt);
+        kill_while_writing(daemon, &mnt, "d/big", delay);
         let m = Mount::with_upper_metacopy(&tars, &upper, WhiteoutFormat::Oci, true).unwrap();
         let got = fs::read(m.p("d/big")).unwrap();
         eprintln!(

@@ -33,6 +33,7 @@ use parking_lot::Mutex;
 
 use super::{eno, lower_stat, Overlay, Resolved};
 use crate::stack::{LayerRef, Merged};
+use crate::tar::scan::read_full;
 
 /// How many upper files stay open between requests.
 const OPEN_FILES: usize = 256;
@@ -202,7 +203,7 @@ impl Overlay {
     pub fn read_ino(&self, ino: u64, off: u64, buf: &mut [u8]) -> io::Result<usize> {
         match self.data(ino, false)? {
             Data::Lower(r) => self.stack.layer(r.layer).read(r.entry, off, buf),
-            Data::Upper(f) => read_full(&f, off, buf),
+            Data::Upper(f) => read_full(&*f, buf, off),
         }
     }
 
@@ -270,20 +271,6 @@ impl Overlay {
             self.io.orphans.lock().insert(ino, d);
         }
     }
-}
-
-/// Reads until `buf` is full or the file ends.
-pub(super) fn read_full(f: &File, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], off + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// `fallocate(2)` on `f`.

@@ -156,20 +156,19 @@ impl Overlay {
         if !self.upper.is_volatile() {
             crate::sys::fsync(f.as_fd(), true)?;
         }
-        let ts = |s: i64, ns: i64| libc::timespec {
-            tv_sec: s,
-            tv_nsec: ns,
-        };
-        crate::sys::futimens(
-            f.as_fd(),
-            Some(ts(st.st_atime, st.st_atime_nsec)),
-            Some(ts(st.st_mtime, st.st_mtime_nsec)),
-        )?;
-        crate::sys::fremovexattr(f.as_fd(), METACOPY_XATTR)?;
+        super::write::restore_times(f, &st)?;
+        self.unmark_metacopy(f)?;
         if !self.upper.is_volatile() {
             crate::sys::fsync(f.as_fd(), false)?;
         }
-        self.io.drop_upper(st.st_ino);
+        Ok(())
+    }
+
+    /// Removes the marker of `f`, whose data is now its own (filled, or
+    /// truncated to 0), and forgets its cached fd (cached with the marker).
+    pub(super) fn unmark_metacopy(&self, f: &File) -> io::Result<()> {
+        crate::sys::fremovexattr(f.as_fd(), METACOPY_XATTR)?;
+        self.io.drop_upper(crate::sys::fstat(f.as_fd())?.st_ino);
         Ok(())
     }
 }

@@ -551,7 +551,7 @@ impl Overlay {
     pub fn read(&self, fh: u64, off: u64, buf: &mut [u8]) -> io::Result<usize> {
         match self.handles.get(fh).as_deref() {
             Some(Handle::Lower(_, r)) => self.stack.layer(r.layer).read(r.entry, off, buf),
-            Some(Handle::Upper(_, f)) => fileio::read_full(f, off, buf),
+            Some(Handle::Upper(_, f)) => crate::tar::scan::read_full(f, buf, off),
             _ => Err(eno(libc::EBADF)),
         }
     }

@@ -21,9 +21,10 @@ use crate::stack::LayerRef;
 /// listed, never committed.
 pub const ORIGIN_XATTR: &[u8] = b"user.unionfs.origin";
 
-/// Puts back a directory's access and modification times as `st` had them
-/// (after a copy-up linked a name into it: kernel `ovl_set_timestamps`).
-fn restore_times(dir: &std::os::fd::OwnedFd, st: &libc::stat) -> io::Result<()> {
+/// Puts back an object's access and modification times as `st` had them
+/// (a directory after a copy-up linked a name into it: kernel
+/// `ovl_set_timestamps`; a file whose data a metadata-only copy took in).
+pub(super) fn restore_times(dir: impl AsFd, st: &libc::stat) -> io::Result<()> {
     let ts = |s: i64, ns: i64| libc::timespec {
         tv_sec: s,
         tv_nsec: ns,
@@ -388,8 +389,7 @@ impl Overlay {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
         let f = self.upper.open_file(&path, flags)?;
         if let (Some(_), true) = (&mc, trunc) {
-            crate::sys::fremovexattr(f.as_fd(), super::metacopy::METACOPY_XATTR)?;
-            self.io.drop_upper(crate::sys::fstat(f.as_fd())?.st_ino);
+            self.unmark_metacopy(&f)?;
         }
         Ok(self.handles.insert(Handle::Upper(ino, f)))
     }
@@ -787,8 +787,7 @@ impl Overlay {
         }
         self.upper.set_attr(&path, a)?;
         if let Some(f) = emptied {
-            crate::sys::fremovexattr(f.as_fd(), super::metacopy::METACOPY_XATTR)?;
-            self.io.drop_upper(crate::sys::fstat(f.as_fd())?.st_ino);
+            self.unmark_metacopy(&f)?;
         }
         let st = self.stat_of(&path, &self.resolve(&path)?, ino)?;
         Ok(Attr { ino, st })

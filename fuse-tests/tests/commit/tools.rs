@@ -30,12 +30,7 @@ pub const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// The checkout.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("fuse-tests has a parent")
-        .to_path_buf()
-}
+pub use crate::util::repo_root;
 
 /// The effective uid of this process.
 pub fn euid() -> u32 {
@@ -82,32 +77,12 @@ pub fn fx(rel: &str) -> String {
     fixtures().join(rel).display().to_string()
 }
 
-/// The `unionfs` binary, freshly built into this test's target directory
-/// (`$UNIONFS_BIN` if set), as image.rs builds it.
+/// The `unionfs` binary ([`crate::util::unionfs_bin`]), checked to have
+/// `commit`.
 pub fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(b) = std::env::var_os("UNIONFS_BIN") {
-            return PathBuf::from(b);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "unionfs", "--bin", "unionfs"])
-            .arg("--manifest-path")
-            .arg(repo_root().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(profile_dir.parent().expect("target dir"));
-        if profile_dir.file_name() == Some(OsStr::new("release")) {
-            cmd.arg("--release");
-        }
-        run_for(&mut cmd, BUILD_TIMEOUT).ok();
-        let bin = profile_dir.join("unionfs");
-        assert!(bin.is_file(), "{} is missing", bin.display());
+        let bin = crate::util::unionfs_bin().to_path_buf();
         let help = run(Command::new(&bin).args(["commit", "--help"]));
         assert!(
             help.status.success() && help.text().contains("--upper"),

@@ -753,3 +753,48 @@ impl Rng {
         out
     }
 }
+
+/// The repository's root (the `unionfs` crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("fuse-tests has a parent")
+        .to_path_buf()
+}
+
+/// The `unionfs` binary, built once per test process into this test's
+/// target directory and profile (`$UNIONFS_BIN` if set).
+pub fn unionfs_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(b) = std::env::var_os("UNIONFS_BIN") {
+            return PathBuf::from(b);
+        }
+        // target/<profile>/deps/TEST-HASH -> target/<profile>/unionfs
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary in target/<profile>/deps");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "unionfs", "--bin", "unionfs"])
+            .arg("--manifest-path")
+            .arg(repo_root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(profile_dir.parent().expect("target dir"))
+            .stdin(std::process::Stdio::null());
+        if profile_dir.file_name() == Some(std::ffi::OsStr::new("release")) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build --bin unionfs failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join("unionfs");
+        assert!(bin.is_file(), "{} is missing", bin.display());
+        bin
+    })
+}
