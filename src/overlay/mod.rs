@@ -182,10 +182,10 @@ impl Overlay {
         let tree = UpperTree::scan(&upper)?;
         log::info!(target: "unionfs::overlay", "upper {}: {} entries", upper.path().display(), tree.len());
         Ok(Overlay {
+            nodes: Mutex::new(Nodes::new(Arc::clone(&stack))),
             stack,
             upper,
             tree: RwLock::new(tree),
-            nodes: Mutex::new(Nodes::new()),
             handles: Handles::default(),
             io: fileio::FileIo::default(),
             listings: Mutex::new(lru::LruCache::new(
@@ -295,7 +295,10 @@ impl Overlay {
     fn ino_for(&self, r: &Resolved, parent: u64, name: &[u8]) -> u64 {
         let fixed = self.origin_ino(r);
         let upper_ino = r.upper.map(|u| u.ino);
-        self.nodes.lock().enter(parent, name, fixed, upper_ino)
+        let lower = r.lower.as_ref().map(|m| m.top);
+        self.nodes
+            .lock()
+            .enter(parent, name, fixed, upper_ino, lower)
     }
 
     /// The number derived from `r`'s lower origin (the lower object of the

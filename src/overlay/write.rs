@@ -445,7 +445,7 @@ impl Overlay {
         let ino = self
             .nodes
             .lock()
-            .enter(parent, name, None, Some(new.stat.st_ino));
+            .enter(parent, name, None, Some(new.stat.st_ino), None);
         let mut st = if self.upper.is_rootless() {
             self.upper_stat(&child(&dir, name))?
         } else {
