@@ -174,7 +174,11 @@ impl Overlay {
                 path.and_then(|p| self.resolve_in(&tree, &p).map(|r| (p, r)))
             };
             let Some((path, r)) = found else {
-                return self.io.orphan(ino).ok_or_else(|| eno(libc::ESTALE));
+                let kept = self.io.orphan(ino);
+                if kept.is_none() {
+                    log::warn!(target: "unionfs::overlay", "inode {ino:#x}: no name and no data kept: ESTALE");
+                }
+                return kept.ok_or_else(|| eno(libc::ESTALE));
             };
             match r.kind(&self.stack) {
                 libc::S_IFREG => {}
@@ -196,6 +200,7 @@ impl Overlay {
                 (None, None) => return Err(eno(libc::ENOENT)),
             }
         }
+        log::warn!(target: "unionfs::overlay", "inode {ino:#x}: its upper file changed under three opens in a row: ESTALE");
         Err(eno(libc::ESTALE))
     }
 

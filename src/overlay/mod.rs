@@ -285,7 +285,10 @@ impl Overlay {
 
     /// The path of inode `ino` (ESTALE if the kernel sent a number we forgot).
     pub fn path_of(&self, ino: u64) -> io::Result<Path> {
-        self.nodes.lock().path(ino).ok_or_else(|| eno(libc::ESTALE))
+        self.nodes.lock().path(ino).ok_or_else(|| {
+            log::debug!(target: "unionfs::overlay", "inode {ino:#x}: a number with no name: ESTALE");
+            eno(libc::ESTALE)
+        })
     }
 
     // ---- inode numbers and attributes --------------------------------------
