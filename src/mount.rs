@@ -27,6 +27,8 @@ use crate::overlay::{self, Overlay};
 use crate::tar::IndexOptions;
 use crate::upper::{Upper, WhiteoutFormat, OVERRIDE_XATTR};
 
+mod daemons;
+
 /// Everything `unionfs mount` needs.
 #[derive(Clone, Debug, Default)]
 pub struct MountConfig {
@@ -400,6 +402,9 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
     }
     log::info!(target: "unionfs", "mounted on {}", mp.display());
     let ours = mount_device(mp);
+    if let (Some(dev), Ok(abs)) = (&ours, mount_path(mp)) {
+        daemons::register(dev, &abs);
+    }
     raise_readahead(mp);
     if let Some(mut pipe) = ready.take() {
         let _ = writeln!(pipe, "OK");
@@ -441,6 +446,9 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
             log::error!(target: "unionfs", "{e}; still served: signal again to retry");
         }
     }
+    if let Some(dev) = &ours {
+        daemons::unregister(dev);
+    }
     let ended = match worker.join() {
         Ok(Ok(Ok(()))) => return Ok(()),
         Ok(Ok(Err(e))) => Err(Error::io(mp, e)),
@@ -458,6 +466,9 @@ fn serve_fs<F: fuser::Filesystem + Send + Sync + 'static>(
     }
     ended
 }
+
+/// How long `unionfs umount` waits for the daemon of the mount to exit.
+const DAEMON_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Readahead for the mount, in KiB (the kernel's FUSE default is 128).
 const READ_AHEAD_KB: u32 = 1024;
@@ -572,9 +583,31 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
     let c = std::ffi::CString::new(abs.as_os_str().as_bytes())
         .map_err(|_| Error::Usage("mountpoint contains a NUL byte".into()))?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // The daemon serving it (not this process: a daemon unmounts itself on
+    // signals), waited for once the mount is gone: its exit releases the
+    // upper, which `commit`, `diff` and `export` lock.
+    let daemon = match lazy {
+        true => None,
+        false => mount_device(&abs)
+            .and_then(|d| daemons::daemon_of(&d, &abs))
+            .filter(|&p| p != std::process::id()),
+    };
+    let gone = || -> Result<()> {
+        if let Some(pid) = daemon {
+            if !daemons::wait_exit(pid, DAEMON_EXIT_WAIT) {
+                log::warn!(
+                    target: "unionfs",
+                    "{}: unmounted, but its daemon (pid {pid}) is still running after {} s",
+                    abs.display(),
+                    DAEMON_EXIT_WAIT.as_secs()
+                );
+            }
+        }
+        Ok(())
+    };
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        return Ok(());
+        return gone();
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::EPERM) {
@@ -598,7 +631,7 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
         .output()
         .map_err(|e| Error::io("fusermount3", e))?;
     if out.status.success() {
-        return Ok(());
+        return gone();
     }
     let said = String::from_utf8_lossy(&out.stderr);
     let said = said.trim();

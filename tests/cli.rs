@@ -229,6 +229,81 @@ fn mount_returns_once_live_and_umount_unmounts() {
     assert!(stderr(&u2).contains("not mounted"));
 }
 
+/// Returns true if and only if process `pid` exists and has not exited.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+/// `unionfs umount` returns once the daemon has exited, so that the upper it
+/// locked can be committed, diffed or exported at once (it used to return
+/// at `umount2`, and a `commit` right after could find the upper in use).
+#[test]
+fn umount_returns_once_the_daemon_has_exited() {
+    require_fuse();
+    let (dir, layers) = sample();
+    let upper = dir.path().join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    let up = upper.display().to_string();
+    for round in 0..3 {
+        let mnt = dir.path().join(format!("mnt{round}"));
+        std::fs::create_dir(&mnt).unwrap();
+        let _guard = Unmount(mnt.clone());
+        let m = mnt.display().to_string();
+        let o = unionfs(
+            &["mount", "--layers", &layers, "--upper", &up, &m],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::write(mnt.join(format!("new{round}")), b"x").unwrap();
+        let pg = Command::new("pgrep")
+            .args(["-f", "--", &m])
+            .output()
+            .unwrap();
+        let pids: Vec<u32> = stdout(&pg)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        assert_eq!(pids.len(), 1, "one daemon for {m}: {pids:?}");
+        let pid = pids[0];
+        // From the second round, a daemon slow to exit: stopped before the
+        // unmount, continued 300 ms later.
+        let slow = round > 0;
+        let cont = slow.then(|| {
+            // SAFETY: signals to the daemon this test started.
+            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            })
+        });
+        let t0 = Instant::now();
+        let u = unionfs(&["umount", &m], dir.path());
+        let took = t0.elapsed();
+        if let Some(t) = cont {
+            t.join().unwrap();
+        }
+        assert!(u.status.success(), "{}", stderr(&u));
+        assert!(
+            !alive(pid),
+            "round {round}: the daemon outlived `unionfs umount`"
+        );
+        assert!(
+            !slow || took >= Duration::from_millis(250),
+            "round {round}: {took:?}"
+        );
+        let d = unionfs(&["diff", "--layers", &layers, "--upper", &up], dir.path());
+        assert!(d.status.success(), "round {round}: {}", stderr(&d));
+        assert!(
+            stdout(&d).contains(&format!("A /new{round}")),
+            "{}",
+            stdout(&d)
+        );
+    }
+}
+
 #[test]
 fn mount_failures_leave_nothing_mounted() {
     require_fuse();
