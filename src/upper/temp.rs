@@ -106,6 +106,13 @@ impl<'a> Temp<'a> {
         Ok(())
     }
 
+    /// Renames the object to `dir/name`, replacing what is there.
+    pub fn place_over(mut self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+        sys::renameat2(self.upper.work_fd(), &self.name, dir, name, 0)?;
+        self.placed = true;
+        Ok(())
+    }
+
     /// Renames the object to `dir/name` without replacing anything
     /// (`RENAME_NOREPLACE`: `EEXIST` if the name is taken), except an
     /// overlay-format whiteout, which is exchanged with it and then removed.

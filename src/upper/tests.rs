@@ -613,3 +613,42 @@ fn replace_with_whiteout() {
         assert_eq!(f.work_names(), Vec::<String>::new());
     }
 }
+
+#[test]
+fn whiteouts_share_one_inode_and_survive_losing_it() {
+    for fmt in [OCI, OVL] {
+        let f = Fixture::new(fmt);
+        let u = &f.upper;
+        std::fs::create_dir(f.up("d")).unwrap();
+        let a = u.write_whiteout(&p("d"), b"a").unwrap();
+        let b = u.write_whiteout(&p(""), b"b").unwrap();
+        assert_eq!(a.st_ino, b.st_ino, "{fmt:?}");
+        let c = u.replace_with_whiteout(&p("d"), b"c").unwrap();
+        assert_eq!(c.st_ino, a.st_ino, "{fmt:?}");
+        // Its work-dir name gone, or taken by something else: a new one.
+        let shared = match fmt {
+            OCI => "unionfs-whiteout.oci",
+            OVL => "unionfs-whiteout.chr",
+        };
+        std::fs::remove_file(f.work().join(shared)).unwrap();
+        let e = u.write_whiteout(&p("d"), b"e").unwrap();
+        assert_ne!(e.st_ino, a.st_ino, "{fmt:?}");
+        std::fs::remove_file(f.work().join(shared)).unwrap();
+        std::fs::write(f.work().join(shared), b"not a whiteout").unwrap();
+        let g = u.write_whiteout(&p("d"), b"g").unwrap();
+        assert_ne!(g.st_ino, e.st_ino, "{fmt:?}");
+        // Each name is still a whiteout of the format, and reads as one.
+        for (dir, name) in [("d", "a"), ("", "b"), ("d", "c"), ("d", "e"), ("d", "g")] {
+            let on_disk = match fmt {
+                OCI => format!(".wh.{name}"),
+                OVL => name.to_string(),
+            };
+            let st = lstat(&f.up(&format!("{dir}/{on_disk}").trim_start_matches('/')));
+            match fmt {
+                OCI => assert!(st.is_file() && st.len() == 0, "{fmt:?} {name}"),
+                OVL => assert!(is_whiteout(&u.stat(&p(&format!("{dir}/{name}"))).unwrap())),
+            }
+        }
+        assert_eq!(f.work_names(), Vec::<String>::new());
+    }
+}

@@ -35,9 +35,13 @@ impl Fixture {
     pub fn work(&self) -> PathBuf {
         self.dir.path().join(".upper.unionfs-work")
     }
-    /// Names in the work dir (temp files must never be left there).
+    /// Names in the work dir but the shared whiteout (`whiteout.rs`): temp
+    /// files, which must never be left there.
     pub fn work_names(&self) -> Vec<String> {
         ls(&self.work())
+            .into_iter()
+            .filter(|n| !n.starts_with("unionfs-whiteout."))
+            .collect()
     }
 }
 

@@ -18,6 +18,19 @@
 //!   `vfs_whiteout` (mode 0, owner the daemon).
 //! - overlay opaque: `trusted.overlay.opaque=y` (needs `CAP_SYS_ADMIN`).
 //!
+//! Whiteouts share one inode: each is a hard link to a whiteout kept in the
+//! work dir (`unionfs-whiteout.oci` or `.chr`, per format), as overlayfs
+//! links its `#whiteout` (`ovl_whiteout`, since 5.8). A link is a third of
+//! the cost of a new inode on ext4, and `rm -rf` of a lower tree leaves one
+//! inode, not one per name. Readers look at names (`.wh.`) or at the type
+//! (0/0 character device), never at link counts: a tar of such an upper
+//! carries the second and later `.wh.` names as tar hard links, which docker,
+//! containerd and umoci apply as whiteouts by their name (and so do we, and
+//! `commit` writes whiteouts afresh from the names). When the shared one has
+//! all the links its filesystem allows (`EMLINK`) or is not there, a new one
+//! replaces it; a link that fails otherwise falls back to a whiteout of its
+//! own.
+//!
 //! Not recognised: the xattr whiteouts of overlayfs 6.7+ (`overlay.whiteout` on
 //! an empty file in a directory marked `overlay.opaque=x`): the kernel only
 //! honours them in lower layers and never writes them in an upper.
@@ -39,6 +52,23 @@ pub const OPAQUE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay
 
 /// Mode of OCI whiteout and opaque marker files.
 const MARKER_MODE: u32 = 0o600;
+
+/// The name, in the work dir, of the whiteout that whiteouts link to.
+fn shared_name(format: WhiteoutFormat) -> &'static [u8] {
+    match format {
+        WhiteoutFormat::Oci => b"unionfs-whiteout.oci",
+        WhiteoutFormat::Overlay => b"unionfs-whiteout.chr",
+    }
+}
+
+/// Returns true if and only if `st` is a whiteout of `format` as we write
+/// them (an OCI one is an empty regular file).
+fn is_format_whiteout(format: WhiteoutFormat, st: &libc::stat) -> bool {
+    match format {
+        WhiteoutFormat::Oci => st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0,
+        WhiteoutFormat::Overlay => is_whiteout(st),
+    }
+}
 
 /// Returns true if and only if `st` is an overlay-format whiteout: a character
 /// device with device number 0/0.
@@ -71,9 +101,24 @@ impl Upper {
     }
 
     fn write_whiteout_at(&self, d: BorrowedFd<'_>, name: &[u8]) -> io::Result<libc::stat> {
+        let target = match self.format() {
+            WhiteoutFormat::Oci => {
+                oci_whiteout_name(name).ok_or_else(|| eno(libc::ENAMETOOLONG))?
+            }
+            WhiteoutFormat::Overlay => name.to_vec(),
+        };
+        match self.link_shared(d, &target) {
+            Ok(st) => return Ok(st),
+            // Taken: what is there is judged below, as a new whiteout's
+            // EEXIST is.
+            Err(e) if exists(&e) => {}
+            Err(e) => {
+                log::debug!(target: "unionfs::upper", "cannot link the shared whiteout: {e}; making one of its own")
+            }
+        }
         match self.format() {
             WhiteoutFormat::Oci => {
-                let w = oci_whiteout_name(name).ok_or_else(|| eno(libc::ENAMETOOLONG))?;
+                let w = target;
                 match sys::openat(
                     d,
                     &w,
@@ -94,6 +139,46 @@ impl Upper {
                 Err(e) => Err(e),
             },
         }
+    }
+
+    /// Links `dir/name` to the shared whiteout (made first if missing, made
+    /// anew if it is full or not a whiteout); returns the link's `lstat`.
+    fn link_shared(&self, d: BorrowedFd<'_>, name: &[u8]) -> io::Result<libc::stat> {
+        let shared = shared_name(self.format());
+        let mut last = eno(libc::EMLINK);
+        for _ in 0..3 {
+            match sys::linkat(self.work_fd(), shared, d, name) {
+                Ok(()) => {
+                    let st = sys::statat(d, name)?;
+                    if is_format_whiteout(self.format(), &st) {
+                        return Ok(st);
+                    }
+                    // Something else took the shared name: undo, replace it.
+                    sys::unlinkat(d, name, 0)?;
+                    last = eno(libc::EINVAL);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EMLINK)) => last = e,
+                Err(e) => return Err(e),
+            }
+            self.new_shared_whiteout()?;
+        }
+        Err(last)
+    }
+
+    /// Makes a new shared whiteout in the work dir (replacing the old one,
+    /// whose links stay whiteouts).
+    fn new_shared_whiteout(&self) -> io::Result<()> {
+        let (tmp, ()) = Temp::create(self, |w, n| match self.format() {
+            WhiteoutFormat::Oci => sys::openat(
+                w,
+                n,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                MARKER_MODE,
+            )
+            .map(drop),
+            WhiteoutFormat::Overlay => sys::mknodat(w, n, libc::S_IFCHR, 0),
+        })?;
+        tmp.place_over(self.work_fd(), shared_name(self.format()))
     }
 
     /// Removes the whiteout for `name` in `dir`, in whichever format it is.
@@ -171,7 +256,10 @@ impl Upper {
         }
         match self.format() {
             WhiteoutFormat::Overlay => {
-                let (tmp, ()) = Temp::create(self, |w, n| sys::mknodat(w, n, libc::S_IFCHR, 0))?;
+                let (tmp, ()) = Temp::create(self, |w, n| match self.link_shared(w, n) {
+                    Err(e) if !exists(&e) => sys::mknodat(w, n, libc::S_IFCHR, 0),
+                    r => r.map(drop),
+                })?;
                 sys::renameat2(self.work_fd(), tmp.name(), d, name, libc::RENAME_EXCHANGE)?;
                 drop(tmp); // now the old entry: removed
                 sys::statat(d, name)
