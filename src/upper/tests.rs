@@ -643,7 +643,7 @@ fn whiteouts_share_one_inode_and_survive_losing_it() {
                 OCI => format!(".wh.{name}"),
                 OVL => name.to_string(),
             };
-            let st = lstat(&f.up(&format!("{dir}/{on_disk}").trim_start_matches('/')));
+            let st = lstat(&f.up(format!("{dir}/{on_disk}").trim_start_matches('/')));
             match fmt {
                 OCI => assert!(st.is_file() && st.len() == 0, "{fmt:?} {name}"),
                 OVL => assert!(is_whiteout(&u.stat(&p(&format!("{dir}/{name}"))).unwrap())),
