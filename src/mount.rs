@@ -597,7 +597,8 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
             if !daemons::wait_exit(pid, DAEMON_EXIT_WAIT) {
                 log::warn!(
                     target: "unionfs",
-                    "{}: unmounted, but its daemon (pid {pid}) is still running after {} s",
+                    "{}: unmounted here, but its daemon (pid {pid}) still runs after {} s: \
+                     another mount namespace may hold a copy of the mount (its upper stays locked)",
                     abs.display(),
                     DAEMON_EXIT_WAIT.as_secs()
                 );
