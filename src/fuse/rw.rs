@@ -158,6 +158,15 @@ impl RwFs {
     }
 }
 
+/// Logs (debug) a failed change of the namespace: which, where, the errno
+/// answered (request logs alone do not say what was answered).
+fn noted<T>(op: &str, parent: u64, n: &OsStr, r: io::Result<T>) -> io::Result<T> {
+    if let Err(e) = &r {
+        log::debug!(target: "unionfs::fuse", "{op}({parent}, {n:?}): {e}");
+    }
+    r
+}
+
 fn errno(e: io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
@@ -345,7 +354,8 @@ impl Filesystem for RwFs {
     ) {
         self.req.count(Op::Mknod);
         let ids = self.ids_of(req);
-        self.entry(reply, self.ov.mknod(parent.0, name(n), mode, rdev, ids))
+        let r = self.ov.mknod(parent.0, name(n), mode, rdev, ids);
+        self.entry(reply, noted("mknod", parent.0, n, r))
     }
 
     fn mkdir(
@@ -359,17 +369,20 @@ impl Filesystem for RwFs {
     ) {
         self.req.count(Op::Mkdir);
         let ids = self.ids_of(req);
-        self.entry(reply, self.ov.mkdir(parent.0, name(n), mode, ids))
+        let r = self.ov.mkdir(parent.0, name(n), mode, ids);
+        self.entry(reply, noted("mkdir", parent.0, n, r))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         self.req.count(Op::Unlink);
-        empty(reply, self.ov.remove(parent.0, name(n), false))
+        let r = self.ov.remove(parent.0, name(n), false);
+        empty(reply, noted("unlink", parent.0, n, r))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         self.req.count(Op::Rmdir);
-        empty(reply, self.ov.remove(parent.0, name(n), true))
+        let r = self.ov.remove(parent.0, name(n), true);
+        empty(reply, noted("rmdir", parent.0, n, r))
     }
 
     fn symlink(
@@ -383,7 +396,8 @@ impl Filesystem for RwFs {
         self.req.count(Op::Symlink);
         let ids = self.ids_of(req);
         let t = target.as_os_str().as_bytes();
-        self.entry(reply, self.ov.symlink(parent.0, name(n), t, ids))
+        let r = self.ov.symlink(parent.0, name(n), t, ids);
+        self.entry(reply, noted("symlink", parent.0, n, r))
     }
 
     fn rename(
@@ -400,7 +414,7 @@ impl Filesystem for RwFs {
         let r = self
             .ov
             .rename(parent.0, name(n), newparent.0, name(newname), flags.bits());
-        empty(reply, r)
+        empty(reply, noted("rename", parent.0, n, r))
     }
 
     fn link(
@@ -412,7 +426,8 @@ impl Filesystem for RwFs {
         reply: ReplyEntry,
     ) {
         self.req.count(Op::Link);
-        self.entry(reply, self.ov.link(ino.0, newparent.0, name(newname)))
+        let r = self.ov.link(ino.0, newparent.0, name(newname));
+        self.entry(reply, noted("link", newparent.0, newname, r))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
