@@ -592,7 +592,7 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
             .and_then(|d| daemons::daemon_of(&d, &abs))
             .filter(|&p| p != std::process::id()),
     };
-    let gone = || -> Result<()> {
+    let gone = || {
         if let Some(pid) = daemon {
             if !daemons::wait_exit(pid, DAEMON_EXIT_WAIT) {
                 log::warn!(
@@ -604,11 +604,11 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
                 );
             }
         }
-        Ok(())
     };
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        return gone();
+        gone();
+        return Ok(());
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() != Some(libc::EPERM) {
@@ -632,7 +632,8 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
         .output()
         .map_err(|e| Error::io("fusermount3", e))?;
     if out.status.success() {
-        return gone();
+        gone();
+        return Ok(());
     }
     let said = String::from_utf8_lossy(&out.stderr);
     let said = said.trim();

@@ -39,10 +39,21 @@ fn record(dev: &str) -> Option<PathBuf> {
     Some(dir()?.join(format!("{dev}.pid")))
 }
 
-/// Records that this process serves the mount of device `dev` at `mp`.
-/// Best effort: a failure is logged at debug level.
+/// Records that this process serves the mount of device `dev` at `mp`, and
+/// removes the records of daemons that died without removing theirs
+/// (`kill -9`). Best effort: a failure is logged at debug level.
 pub fn register(dev: &str, mp: &Path) {
     let Some(path) = record(dev) else { return };
+    if let Some(Ok(entries)) = path.parent().map(fs::read_dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid")
+                && read(&p).is_none_or(|(pid, _)| !alive(pid))
+            {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let body = format!("{}\n{}\n", std::process::id(), mp.display());
     let written = fs::OpenOptions::new()

@@ -116,28 +116,26 @@ impl Upper {
                 log::debug!(target: "unionfs::upper", "cannot link the shared whiteout: {e}; making one of its own")
             }
         }
+        match self.make_whiteout(d, &target) {
+            Ok(()) => sys::statat(d, &target),
+            // Idempotent: an OCI `.wh.NAME` is one by its name; in the
+            // overlay format NAME must be a 0/0 device.
+            Err(e) if exists(&e) => match sys::statat(d, &target) {
+                Ok(st) if self.format() == WhiteoutFormat::Oci || is_whiteout(&st) => Ok(st),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes a whiteout object of its own at `dir/name` (`EEXIST` if taken).
+    fn make_whiteout(&self, d: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         match self.format() {
             WhiteoutFormat::Oci => {
-                let w = target;
-                match sys::openat(
-                    d,
-                    &w,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    MARKER_MODE,
-                ) {
-                    Ok(fd) => sys::fstat(fd.as_fd()),
-                    Err(e) if exists(&e) => sys::statat(d, &w),
-                    Err(e) => Err(e),
-                }
+                let flags = libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY;
+                sys::openat(d, name, flags, MARKER_MODE).map(drop)
             }
-            WhiteoutFormat::Overlay => match sys::mknodat(d, name, libc::S_IFCHR, 0) {
-                Ok(()) => sys::statat(d, name),
-                Err(e) if exists(&e) => match sys::statat(d, name) {
-                    Ok(st) if is_whiteout(&st) => Ok(st),
-                    _ => Err(e),
-                },
-                Err(e) => Err(e),
-            },
+            WhiteoutFormat::Overlay => sys::mknodat(d, name, libc::S_IFCHR, 0),
         }
     }
 
@@ -168,16 +166,7 @@ impl Upper {
     /// Makes a new shared whiteout in the work dir (replacing the old one,
     /// whose links stay whiteouts).
     fn new_shared_whiteout(&self) -> io::Result<()> {
-        let (tmp, ()) = Temp::create(self, |w, n| match self.format() {
-            WhiteoutFormat::Oci => sys::openat(
-                w,
-                n,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                MARKER_MODE,
-            )
-            .map(drop),
-            WhiteoutFormat::Overlay => sys::mknodat(w, n, libc::S_IFCHR, 0),
-        })?;
+        let (tmp, ()) = Temp::create(self, |w, n| self.make_whiteout(w, n))?;
         tmp.place_over(self.work_fd(), shared_name(self.format()))
     }
 
@@ -257,7 +246,7 @@ impl Upper {
         match self.format() {
             WhiteoutFormat::Overlay => {
                 let (tmp, ()) = Temp::create(self, |w, n| match self.link_shared(w, n) {
-                    Err(e) if !exists(&e) => sys::mknodat(w, n, libc::S_IFCHR, 0),
+                    Err(e) if !exists(&e) => self.make_whiteout(w, n),
                     r => r.map(drop),
                 })?;
                 sys::renameat2(self.work_fd(), tmp.name(), d, name, libc::RENAME_EXCHANGE)?;
