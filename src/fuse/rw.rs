@@ -150,10 +150,20 @@ impl RwFs {
         (self.ids.uid_in(req.uid()), self.ids.gid_in(req.gid()))
     }
 
-    fn entry(&self, reply: ReplyEntry, r: io::Result<Attr>) {
+    /// Answers an entry request (`op` of `parent`/`n`), logging the answer
+    /// at trace level: the number and type given are what the kernel keys
+    /// its inodes by.
+    fn entry(&self, op: &str, parent: u64, n: &OsStr, reply: ReplyEntry, r: io::Result<Attr>) {
         match r {
-            Ok(a) => reply.entry(&RW_TTL, &self.attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(e)),
+            Ok(a) => {
+                log::trace!(target: "unionfs::fuse", "{op}({parent:#x}, {n:?}) -> {:#x} mode {:o}",
+                    a.ino, a.st.st_mode);
+                reply.entry(&RW_TTL, &self.attr(&a), Generation(0))
+            }
+            Err(e) => {
+                log::trace!(target: "unionfs::fuse", "{op}({parent:#x}, {n:?}) -> {e}");
+                reply.error(errno(e))
+            }
         }
     }
 }
@@ -276,7 +286,6 @@ impl Filesystem for RwFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         self.req.count(Op::Lookup);
-        log::trace!(target: "unionfs::fuse", "lookup({}, {n:?})", parent.0);
         match self.ov.lookup(parent.0, name(n)) {
             // A negative entry: the kernel remembers the absence for the TTL.
             // Safe on a writable mount: a name can only appear through this
@@ -284,20 +293,27 @@ impl Filesystem for RwFs {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 reply.entry(&RW_TTL, &super::attr::negative(), Generation(0))
             }
-            r => self.entry(reply, r),
+            r => self.entry("lookup", parent.0, n, reply, r),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.req.count(Op::Forget);
+        log::trace!(target: "unionfs::fuse", "forget({:#x}, {nlookup})", ino.0);
         self.ov.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.req.count(Op::Getattr);
         match self.ov.getattr(ino.0) {
-            Ok(a) => reply.attr(&RW_TTL, &self.attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Ok(a) => {
+                log::trace!(target: "unionfs::fuse", "getattr({:#x}) -> mode {:o}", ino.0, a.st.st_mode);
+                reply.attr(&RW_TTL, &self.attr(&a))
+            }
+            Err(e) => {
+                log::trace!(target: "unionfs::fuse", "getattr({:#x}) -> {e}", ino.0);
+                reply.error(errno(e))
+            }
         }
     }
 
@@ -329,7 +345,10 @@ impl Filesystem for RwFs {
             mtime: mtime.map(time),
         };
         match self.ov.setattr(ino.0, fh.map(|f| f.0), &a) {
-            Ok(a) => reply.attr(&RW_TTL, &self.attr(&a)),
+            Ok(a) => {
+                log::trace!(target: "unionfs::fuse", "setattr({:#x}) -> mode {:o}", ino.0, a.st.st_mode);
+                reply.attr(&RW_TTL, &self.attr(&a))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -355,7 +374,7 @@ impl Filesystem for RwFs {
         self.req.count(Op::Mknod);
         let ids = self.ids_of(req);
         let r = self.ov.mknod(parent.0, name(n), mode, rdev, ids);
-        self.entry(reply, noted("mknod", parent.0, n, r))
+        self.entry("mknod", parent.0, n, reply, noted("mknod", parent.0, n, r))
     }
 
     fn mkdir(
@@ -370,18 +389,20 @@ impl Filesystem for RwFs {
         self.req.count(Op::Mkdir);
         let ids = self.ids_of(req);
         let r = self.ov.mkdir(parent.0, name(n), mode, ids);
-        self.entry(reply, noted("mkdir", parent.0, n, r))
+        self.entry("mkdir", parent.0, n, reply, noted("mkdir", parent.0, n, r))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         self.req.count(Op::Unlink);
         let r = self.ov.remove(parent.0, name(n), false);
+        log::trace!(target: "unionfs::fuse", "unlink({:#x}, {n:?}) -> {:?}", parent.0, r.as_ref().err());
         empty(reply, noted("unlink", parent.0, n, r))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         self.req.count(Op::Rmdir);
         let r = self.ov.remove(parent.0, name(n), true);
+        log::trace!(target: "unionfs::fuse", "rmdir({:#x}, {n:?}) -> {:?}", parent.0, r.as_ref().err());
         empty(reply, noted("rmdir", parent.0, n, r))
     }
 
@@ -397,7 +418,13 @@ impl Filesystem for RwFs {
         let ids = self.ids_of(req);
         let t = target.as_os_str().as_bytes();
         let r = self.ov.symlink(parent.0, name(n), t, ids);
-        self.entry(reply, noted("symlink", parent.0, n, r))
+        self.entry(
+            "symlink",
+            parent.0,
+            n,
+            reply,
+            noted("symlink", parent.0, n, r),
+        )
     }
 
     fn rename(
@@ -414,6 +441,8 @@ impl Filesystem for RwFs {
         let r = self
             .ov
             .rename(parent.0, name(n), newparent.0, name(newname), flags.bits());
+        log::trace!(target: "unionfs::fuse", "rename({:#x}, {n:?}, {:#x}, {newname:?}, {:#x}) -> {:?}",
+            parent.0, newparent.0, flags.bits(), r.as_ref().err());
         empty(reply, noted("rename", parent.0, n, r))
     }
 
@@ -427,7 +456,13 @@ impl Filesystem for RwFs {
     ) {
         self.req.count(Op::Link);
         let r = self.ov.link(ino.0, newparent.0, name(newname));
-        self.entry(reply, noted("link", newparent.0, newname, r))
+        self.entry(
+            "link",
+            newparent.0,
+            newname,
+            reply,
+            noted("link", newparent.0, newname, r),
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -665,6 +700,8 @@ impl Filesystem for RwFs {
                 Ok(a) => a,
                 Err(_) => continue, // removed since the listing was taken
             };
+            log::trace!(target: "unionfs::fuse", "readdirplus({:#x}) {:?} -> {:#x} mode {:o}",
+                ino.0, OsStr::from_bytes(&e.name), a.ino, a.st.st_mode);
             let full = reply.add(
                 INodeNo(a.ino),
                 e.cookie,
@@ -805,6 +842,8 @@ impl Filesystem for RwFs {
             Ok(r) => r,
             Err(e) => return reply.error(errno(e)),
         };
+        log::trace!(target: "unionfs::fuse", "create({:#x}, {n:?}) -> {:#x} mode {:o}",
+            parent.0, a.ino, a.st.st_mode);
         let attr = self.attr(&a);
         let (ttl, g, handle) = (&RW_TTL, Generation(0), FileHandle(fh));
         self.answer_open(

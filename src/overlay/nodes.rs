@@ -11,19 +11,25 @@
 //! objects nobody changed. Such an object (no upper, not a lower hard link)
 //! is where its layer entry is: its number decodes to the entry, the entry
 //! gives its name and its layer directory, and `dirs` maps that layer
-//! directory to the merged directory it was found in. So it gets no node and
-//! no count: memory per held inode is then nothing, and per directory one
-//! `dirs` slot (the read-only mount keeps nothing per file either).
+//! directory to the merged directory it was found in. So it gets no node:
+//! what it costs is its kernel reference count, 4 bytes in a per-layer
+//! array indexed by entry (allocated zeroed, so pages nobody touched cost
+//! nothing), and per directory one `dirs` slot (the read-only mount keeps
+//! nothing per file either).
 //!
 //! An implicit object becomes a node (is *materialized*, its location the
-//! implicit one) the moment something moves it off its entry's place:
-//! a copy-up, a rename, an unlink. Its earlier kernel references were never
-//! counted, so such a node starts at one reference, and the kernel's
-//! `FORGET` (which carries its whole count when it evicts an inode) drops
-//! it. `dirs` is exact because a layer directory belongs to one merged
-//! path, and every move of a merged directory goes through this table.
-//! What it keeps per layer directory is never dropped: its size is bounded
-//! by the layers' directory count.
+//! implicit one, its count moved over) the moment something moves it off
+//! its entry's place: a copy-up, a rename, an unlink, if the kernel holds
+//! it. The count must be exact: when the kernel evicts an inode while a
+//! lookup of the same name makes a new one, the new inode's LOOKUP can
+//! reach us before the old one's FORGET, which carries the old count; a
+//! count standing in for an unknown number would drop the node under the
+//! new inode, whose number then falls back to its layer place (another
+//! object, or none: the kernel saw ENOENT, or a type change and EIO).
+//! `dirs` is exact because a layer directory belongs to one merged path,
+//! and every move of a merged directory goes through this table. What it
+//! keeps per layer directory is never dropped: its size is bounded by the
+//! layers' directory count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +60,14 @@ pub(super) struct Nodes {
     /// (layer, directory entry) → the merged directory it was found in, for
     /// the implicit entries under it.
     dirs: HashMap<(u16, u32), u64>,
+    /// Kernel references to implicit objects, per layer, by entry (empty
+    /// until the layer's first implicit lookup).
+    counts: Vec<Vec<u32>>,
+    /// Numbers of lower objects moved or unlinked: their layer place is no
+    /// longer theirs, so they are never implicit again (once the kernel
+    /// forgets one, its number has no place until a lookup finds it by its
+    /// upper object; a rename always copies up first).
+    displaced: std::collections::HashSet<u64>,
     next: u64,
 }
 
@@ -64,6 +78,8 @@ impl Nodes {
             map: HashMap::new(),
             by_upper: HashMap::new(),
             dirs: HashMap::new(),
+            counts: Vec::new(),
+            displaced: std::collections::HashSet::new(),
             next: 1,
         }
     }
@@ -71,7 +87,7 @@ impl Nodes {
     /// The layer entry behind a number derived from one, if an object with
     /// that number can be implicit (it is its own inode and has one name).
     fn implicit_ref(&self, ino: u64) -> Option<LayerRef> {
-        if ino & ALLOCATED != 0 || ino == ROOT {
+        if ino & ALLOCATED != 0 || ino == ROOT || self.displaced.contains(&ino) {
             return None;
         }
         let r = crate::inode::decode(&self.stack, ino)?;
@@ -96,18 +112,46 @@ impl Nodes {
         Some((parent, idx.name(r.entry)))
     }
 
-    /// The node of `ino`, made from its implicit location if it has none.
+    /// The kernel's count of implicit `r` (its slot, made on first use).
+    fn count_slot(&mut self, r: LayerRef) -> &mut u32 {
+        let l = usize::from(r.layer.0);
+        if self.counts.len() <= l {
+            self.counts.resize_with(l + 1, Vec::new);
+        }
+        if self.counts[l].is_empty() {
+            self.counts[l] = vec![0; self.stack.index(r).entries.len()];
+        }
+        &mut self.counts[l][r.entry.0 as usize]
+    }
+
+    /// The kernel's count of implicit `r` (0 if never looked up).
+    fn count_of(&self, r: LayerRef) -> u32 {
+        self.counts
+            .get(usize::from(r.layer.0))
+            .and_then(|c| c.get(r.entry.0 as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The node of `ino`, made from its implicit location (with its count)
+    /// if it has none and the kernel holds it; `None` if neither.
     fn materialize(&mut self, ino: u64) -> Option<&mut Node> {
         if !self.map.contains_key(&ino) {
+            let r = self.implicit_ref(ino)?;
+            if self.count_of(r) == 0 {
+                return None;
+            }
             let (p, name) = self.implicit_loc(ino)?;
-            let node = Node {
-                locs: vec![(p, name.into())],
-                // Its references were not counted: one stands for them all
-                // (the kernel's FORGET at eviction carries the whole count).
-                nlookup: 1,
-                upper: None,
-            };
-            self.map.insert(ino, node);
+            let locs = vec![(p, name.into())];
+            let nlookup = u64::from(std::mem::take(self.count_slot(r)));
+            self.map.insert(
+                ino,
+                Node {
+                    locs,
+                    nlookup,
+                    upper: None,
+                },
+            );
         }
         self.map.get_mut(&ino)
     }
@@ -138,15 +182,22 @@ impl Nodes {
         if let (None, None, Some(r)) = (upper, known, lower) {
             if !self.map.contains_key(&ino)
                 && fixed == Some(ino)
-                && crate::inode::decode(&self.stack, ino) == Some(r)
-                && self.can_be_implicit(r)
+                && self.implicit_ref(ino) == Some(r)
             {
                 let dir = self.stack.index(r).entry(r.entry).parent;
                 self.dirs.insert((r.layer.0, dir), parent);
+                let c = self.count_slot(r);
+                *c = c.saturating_add(1);
                 return ino;
             }
         }
-        if self.materialize(ino).is_none() {
+        // An object with an upper is never held uncounted (a copy-up
+        // materializes it, a lookup counts it): with no node, the kernel
+        // holds none of it, and where its layer entry is says nothing of
+        // where it is now (it may have moved, then been forgotten).
+        if upper.is_some() {
+            self.map.entry(ino).or_default();
+        } else if self.materialize(ino).is_none() {
             self.map.insert(ino, Node::default());
         }
         let node = self.map.get_mut(&ino).expect("just made");
@@ -179,20 +230,19 @@ impl Nodes {
             .unwrap_or_else(|| (1 << 62) | upper.unwrap_or(0))
     }
 
-    /// Returns true if and only if the kernel may hold a reference to `ino`
-    /// (an implicit object may be held: its references are not counted).
+    /// Returns true if and only if the kernel holds a reference to `ino`.
     pub(super) fn is_held(&self, ino: u64) -> bool {
         if ino == ROOT {
             return true;
         }
         match self.map.get(&ino) {
             Some(n) => n.nlookup > 0,
-            None => self.implicit_loc(ino).is_some(),
+            None => self.implicit_ref(ino).is_some_and(|r| self.count_of(r) > 0),
         }
     }
 
     /// Drops `n` kernel references; the node goes when none is left (then
-    /// returns true; always for an implicit object).
+    /// returns true).
     pub(super) fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT {
             return false;
@@ -202,7 +252,17 @@ impl Nodes {
                 node.nlookup = node.nlookup.saturating_sub(n);
                 node.nlookup == 0
             }
-            None => return true,
+            None => {
+                let Some(r) = self.implicit_ref(ino) else {
+                    return true;
+                };
+                if self.count_of(r) == 0 {
+                    return true;
+                }
+                let c = self.count_slot(r);
+                *c = c.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+                return *c == 0;
+            }
         };
         if gone {
             // The number stays the upper object's (`by_upper` keeps it) for
@@ -218,11 +278,30 @@ impl Nodes {
     }
 
     /// Where `ino` is now: (parent, name) of its most recent location.
+    ///
+    /// The most recent location whose parent is still known, that is:
+    /// a hard link's other name may be under a directory the kernel has
+    /// forgotten (it dropped that alias, and then its parent, while it keeps
+    /// the inode by another name).
     fn loc(&self, ino: u64) -> Option<(u64, &[u8])> {
         match self.map.get(&ino) {
-            Some(node) => node.locs.first().map(|(p, n)| (*p, &n[..])),
+            Some(node) => node
+                .locs
+                .iter()
+                .find(|(p, _)| self.known(*p))
+                .map(|(p, n)| (*p, &n[..])),
             None => self.implicit_loc(ino),
         }
+    }
+
+    /// Returns true if `ino` has a location (the root, a node with a name,
+    /// or an implicit place).
+    fn known(&self, ino: u64) -> bool {
+        ino == ROOT
+            || match self.map.get(&ino) {
+                Some(node) => !node.locs.is_empty(),
+                None => self.implicit_loc(ino).is_some(),
+            }
     }
 
     /// The path of `ino`, from its most recent location; `None` for a number
@@ -251,36 +330,55 @@ impl Nodes {
     }
 
     /// The name `parent`/`name` no longer leads to `ino` (unlink, or renamed over).
-    /// With `upper_gone`, its upper object has no name left: its `st_ino` may be
-    /// reused by a new file, which must not get this number.
-    pub(super) fn unlink(&mut self, ino: u64, parent: u64, name: &[u8], upper_gone: bool) {
-        let Some(node) = self.materialize(ino) else {
+    /// `gone_upper`: the `st_ino` of its upper object, which has no name
+    /// left: the filesystem may give that `st_ino` to a new object, which
+    /// must not get this number (it would reach the kernel with the number
+    /// of an inode of another type, which the kernel then declares bad:
+    /// `EIO` for whoever holds it).
+    pub(super) fn unlink(&mut self, ino: u64, parent: u64, name: &[u8], gone_upper: Option<u64>) {
+        if let Some(u) = gone_upper {
+            // By the st_ino, not by the node: a node made again after a
+            // FORGET does not know it.
+            if self.by_upper.get(&u) == Some(&ino) {
+                self.by_upper.remove(&u);
+            }
+        }
+        self.materialize(ino);
+        self.displace(ino);
+        let Some(node) = self.map.get_mut(&ino) else {
             return;
         };
         node.locs.retain(|(p, n)| !(*p == parent && **n == *name));
-        if upper_gone {
-            if let Some(u) = node.upper.take() {
-                if self.by_upper.get(&u) == Some(&ino) {
-                    self.by_upper.remove(&u);
-                }
-            }
+        if gone_upper.is_some() {
+            node.upper = None;
         }
     }
 
     /// `ino` moved from `from` to `to`.
     pub(super) fn rename(&mut self, ino: u64, from: (u64, &[u8]), to: (u64, &[u8])) {
-        if let Some(node) = self.materialize(ino) {
+        self.materialize(ino);
+        self.displace(ino);
+        if let Some(node) = self.map.get_mut(&ino) {
             node.locs.retain(|(p, n)| !(*p == from.0 && **n == *from.1));
             node.locs.retain(|(p, n)| !(*p == to.0 && **n == *to.1));
             node.locs.insert(0, (to.0, to.1.into()));
         }
     }
 
+    /// `ino` (if a lower object's number) is off its layer place for good.
+    fn displace(&mut self, ino: u64) {
+        if self.implicit_ref(ino).is_some() {
+            self.displaced.insert(ino);
+        }
+    }
+
     /// `ino` now has an upper object with `st_ino` `upper` (after a copy-up).
+    /// Recorded even if the kernel does not hold it: an object copied up
+    /// inside a directory that then moves is found again by its upper.
     pub(super) fn set_upper(&mut self, ino: u64, upper: u64) {
+        self.by_upper.insert(upper, ino);
         if let Some(node) = self.materialize(ino) {
             node.upper = Some(upper);
-            self.by_upper.insert(upper, ino);
         }
     }
 
@@ -306,7 +404,7 @@ mod tests {
         // A hard link: same upper st_ino, same number, two names.
         assert_eq!(n.enter(ROOT, b"g", None, Some(77), None), f);
         assert_eq!(n.path(f).unwrap(), vec![b"g".to_vec()]);
-        n.unlink(f, ROOT, b"g", false);
+        n.unlink(f, ROOT, b"g", None);
         assert_eq!(n.path(f).unwrap(), vec![b"d".to_vec(), b"f".to_vec()]);
         n.rename(d, (ROOT, b"d"), (ROOT, b"e"));
         assert_eq!(n.path(f).unwrap(), vec![b"e".to_vec(), b"f".to_vec()]);
@@ -317,7 +415,7 @@ mod tests {
         assert_eq!(f2, f);
         // Its last name removed, the st_ino is free: a new object gets a
         // new number.
-        n.unlink(f2, d, b"f", true);
+        n.unlink(f2, d, b"f", Some(77));
         n.forget(f2, 1);
         assert_ne!(n.enter(d, b"h", None, Some(77), None), f);
     }
@@ -326,7 +424,7 @@ mod tests {
     fn unlinked_upper_inode_is_not_reused() {
         let mut n = Nodes::new(Arc::new(Stack::new(Vec::new())));
         let f = n.enter(ROOT, b"f", None, Some(5), None);
-        n.unlink(f, ROOT, b"f", true);
+        n.unlink(f, ROOT, b"f", Some(5));
         assert!(n.path(f).is_none());
         let g = n.enter(ROOT, b"g", None, Some(5), None);
         assert_ne!(f, g);
@@ -395,7 +493,7 @@ mod tests {
 
         // An unlink leaves a node with no name (still held: its data is an
         // orphan's) until the kernel forgets it.
-        n.unlink(g, e, b"g", false);
+        n.unlink(g, e, b"g", None);
         assert!(n.path(g).is_none());
         assert!(n.is_held(g));
         assert!(n.forget(g, 3));
@@ -410,8 +508,67 @@ mod tests {
         assert_eq!(n.enter(ROOT, b"h", Some(h), None, Some(hr)), f);
         assert_eq!(n.sizes().0, 2);
         assert_eq!(n.path(f).unwrap(), vec![b"h".to_vec()]);
-        n.unlink(f, ROOT, b"h", false);
+        n.unlink(f, ROOT, b"h", None);
         assert_eq!(n.path(f).unwrap(), vec![b"x".to_vec(), b"f".to_vec()]);
+    }
+
+    /// The kernel evicts an inode while a lookup of the same name makes a
+    /// new one: the new LOOKUP can come before the old FORGET, which carries
+    /// every reference of the old inode. Once the object has moved, a count
+    /// short of the kernel's would drop the node under the new inode.
+    #[test]
+    fn a_forget_of_an_evicted_inode_leaves_the_new_lookup_counted() {
+        let (_t, stack) = stack();
+        let mut n = Nodes::new(Arc::clone(&stack));
+        let (d, dr) = at(&stack, b"d");
+        let (e, er) = at(&stack, b"d/e");
+        n.enter(ROOT, b"d", Some(d), None, Some(dr));
+        for _ in 0..3 {
+            n.enter(d, b"e", Some(e), None, Some(er));
+        }
+        assert!(n.is_held(e));
+        n.rename(e, (d, b"e"), (ROOT, b"moved"));
+        n.set_upper(e, 42);
+        // The new inode's LOOKUP, then the old inode's FORGET(3).
+        assert_eq!(n.enter(ROOT, b"moved", None, Some(42), None), e);
+        assert!(!n.forget(e, 3));
+        assert_eq!(n.path(e).unwrap(), vec![b"moved".to_vec()]);
+        assert!(n.forget(e, 1));
+        assert!(!n.is_held(e));
+        // An implicit object's count is exact too.
+        let (f, fr) = at(&stack, b"d/e/g");
+        n.enter(e, b"g", Some(f), None, Some(fr));
+        n.enter(e, b"g", Some(f), None, Some(fr));
+        assert!(!n.forget(f, 1));
+        assert!(n.is_held(f));
+        assert!(n.forget(f, 1));
+        assert!(!n.is_held(f));
+    }
+
+    /// A moved directory the kernel forgot has no place: its layer place is
+    /// not where it is. A hard link's name under it is then skipped for
+    /// its other name, the one the kernel still holds it by.
+    #[test]
+    fn a_forgotten_moved_directory_has_no_place_and_its_aliases_are_skipped() {
+        let (_t, stack) = stack();
+        let mut n = Nodes::new(Arc::clone(&stack));
+        let (d, dr) = at(&stack, b"d");
+        let (f, fr) = at(&stack, b"d/f");
+        let (h, hr) = at(&stack, b"h");
+        n.enter(ROOT, b"d", Some(d), None, Some(dr));
+        n.enter(ROOT, b"h", Some(h), None, Some(hr));
+        n.enter(d, b"f", Some(f), None, Some(fr));
+        assert_eq!(n.path(f).unwrap(), vec![b"d".to_vec(), b"f".to_vec()]);
+        n.rename(d, (ROOT, b"d"), (ROOT, b"x"));
+        n.set_upper(d, 7);
+        assert_eq!(n.path(f).unwrap(), vec![b"x".to_vec(), b"f".to_vec()]);
+        // The kernel drops d/f's alias, then d; it keeps f as h.
+        assert!(n.forget(d, 1));
+        assert!(n.path(d).is_none(), "no stale layer place");
+        assert_eq!(n.path(f).unwrap(), vec![b"h".to_vec()]);
+        // Found again by its upper object, d has its place back.
+        assert_eq!(n.enter(ROOT, b"x", None, Some(7), None), d);
+        assert_eq!(n.path(d).unwrap(), vec![b"x".to_vec()]);
     }
 
     #[test]

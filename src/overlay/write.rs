@@ -569,7 +569,8 @@ impl Overlay {
             tree.remove(pnode, name);
         }
         drop(tree);
-        self.nodes.lock().unlink(ino, parent, name, upper_gone);
+        let gone_upper = r.upper.filter(|_| upper_gone).map(|u| u.ino);
+        self.nodes.lock().unlink(ino, parent, name, gone_upper);
         self.name_gone(ino, kept, upper_gone, r.upper.map(|u| u.ino));
         Ok(())
     }
@@ -672,6 +673,7 @@ impl Overlay {
                     // ENOTEMPTY. Remove it (markers and all) first.
                     self.upper.rmdir(&ddir, newname)?;
                     tree.remove(pd.node, newname);
+                    d_upper_gone = true;
                 } else {
                     d_upper_gone = self.upper.stat(&dpath)?.st_nlink <= 1;
                 }
@@ -700,7 +702,8 @@ impl Overlay {
         if let (true, Some(di)) = (exchange, d_ino) {
             nodes.rename(di, (newparent, newname), (parent, name));
         } else if let Some(di) = d_ino {
-            nodes.unlink(di, newparent, newname, d_upper_gone);
+            let gone = d.as_ref().and_then(|d| d.upper).filter(|_| d_upper_gone);
+            nodes.unlink(di, newparent, newname, gone.map(|u| u.ino));
         }
         nodes.rename(s_ino, (parent, name), (newparent, newname));
         drop(nodes);

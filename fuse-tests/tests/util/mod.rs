@@ -432,6 +432,29 @@ pub fn force_unmount(path: &Path) {
 /// The FUSE configuration `src/mount.rs`'s `fuse_config` builds for a default
 /// mount (read-only, nosuid, nodev, kernel permission checks), with
 /// `allow_other` so that tests acting as another uid reach the mount.
+/// With `UNIONFS_TEST_LOG=FILE`, the in-process daemons of this test binary
+/// log to FILE (appended; level `UNIONFS_TEST_LOG_LEVEL`, default trace):
+/// every request and what it was answered, to place an intermittent failure.
+fn test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(path) = std::env::var_os("UNIONFS_TEST_LOG") else {
+            return;
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("UNIONFS_TEST_LOG: open the log file");
+        let level = std::env::var("UNIONFS_TEST_LOG_LEVEL").unwrap_or_else(|_| "trace".into());
+        env_logger::Builder::new()
+            .parse_filters(&level)
+            .format_timestamp_micros()
+            .target(env_logger::Target::Pipe(Box::new(file)))
+            .init();
+    });
+}
+
 pub fn fuse_config() -> Config {
     let mut c = Config::default();
     c.mount_options = vec![
@@ -495,6 +518,7 @@ impl Mount {
         cfg: &Config,
         layers: &[PathBuf],
     ) -> Mount {
+        test_log();
         let mnt_dir = tempfile::Builder::new()
             .prefix("unionfs-mnt-")
             .tempdir()
