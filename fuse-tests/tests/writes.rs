@@ -440,6 +440,7 @@ fn a_removed_upper_object_number_never_comes_back() {
     for round in 0..3 {
         let (victim, other) = (format!("v{round}"), format!("o{round}"));
         let mut cwd = None;
+        let mut held = None;
         if round == 0 {
             fs::create_dir(rw.p(&victim)).unwrap();
             fs::create_dir(rw.p(&other)).unwrap();
@@ -452,6 +453,7 @@ fn a_removed_upper_object_number_never_comes_back() {
                     .spawn()
                     .unwrap(),
             );
+            held = Some(File::open(rw.p(&victim)).unwrap());
         } else {
             fs::write(rw.p(&victim), "v").unwrap();
             fs::write(rw.p(&other), "o").unwrap();
@@ -474,6 +476,16 @@ fn a_removed_upper_object_number_never_comes_back() {
                 "{} got the number of removed {victim}",
                 p.display()
             );
+        }
+        if let Some(f) = held {
+            // A removed directory still open answers its last attributes
+            // with no link, as overlayfs (and a disk) does; its listing is
+            // the kernel's ENOENT (the VFS marks it dead).
+            let m = f
+                .metadata()
+                .expect("fstat of a removed directory still open");
+            assert!(m.is_dir());
+            assert_eq!((m.ino(), m.nlink()), (ino, 0));
         }
         if let Some(mut c) = cwd {
             let _ = c.kill();

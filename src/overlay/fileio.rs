@@ -47,6 +47,14 @@ pub(super) enum Data {
     Upper(Arc<File>),
 }
 
+/// What a removed object the kernel still holds keeps (`keep_data`).
+pub(super) enum Kept {
+    /// A file's data.
+    Data(Data),
+    /// Another object's last attributes.
+    Gone(Gone),
+}
+
 /// An open upper file, with the layer entry holding its data if it is a
 /// metadata-only copy (`metacopy.rs`).
 pub(super) type OpenUpper = (Arc<File>, Option<LayerRef>);
@@ -59,6 +67,19 @@ pub(super) struct FileIo {
     fds: Mutex<LruCache<u64, OpenUpper>>,
     /// Objects with no name left that the kernel still holds, by inode number.
     orphans: Mutex<HashMap<u64, Data>>,
+    /// The same for directories, symlinks and special files: their last
+    /// attributes, for `fstat` of a removed directory that is still open or
+    /// some process's working directory.
+    gone: Mutex<HashMap<u64, Gone>>,
+}
+
+/// The attributes a removed non-file answers with until the kernel forgets it.
+pub(super) struct Gone(libc::stat);
+
+impl std::fmt::Debug for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gone(mode {:o})", self.0.st_mode)
+    }
 }
 
 impl Default for FileIo {
@@ -68,6 +89,7 @@ impl Default for FileIo {
                 NonZeroUsize::new(OPEN_FILES).expect("non-zero"),
             )),
             orphans: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -106,10 +128,14 @@ impl FileIo {
     /// The kernel forgot `ino`: an orphan's data goes.
     pub(super) fn forgotten(&self, ino: u64) {
         self.orphans.lock().remove(&ino);
+        self.gone.lock().remove(&ino);
     }
 
     /// `lstat` of orphan `ino`, if it is one.
     pub(super) fn stat_orphan(&self, ino: u64, ov: &Overlay) -> Option<libc::stat> {
+        if let Some(g) = self.gone.lock().get(&ino) {
+            return Some(g.0);
+        }
         let d = self.orphans.lock().get(&ino).cloned()?;
         let mut st = match d {
             Data::Upper(f) => {
@@ -240,12 +266,26 @@ impl Overlay {
         }
     }
 
-    /// Before the name of `r` (at `path`, inode `ino`) goes: the data to keep
-    /// if it is a file the kernel still holds.
-    pub(super) fn keep_data(&self, path: &[Vec<u8>], r: &Resolved, ino: u64) -> Option<Data> {
-        if r.kind(&self.stack) != libc::S_IFREG || !self.nodes.lock().is_held(ino) {
+    /// Before the name of `r` (at `path`, inode `ino`) goes: what to keep if
+    /// the kernel still holds it: a file's data, another object's attributes.
+    pub(super) fn keep_data(&self, path: &[Vec<u8>], r: &Resolved, ino: u64) -> Option<Kept> {
+        if !self.nodes.lock().is_held(ino) {
             return None;
         }
+        if r.kind(&self.stack) != libc::S_IFREG {
+            let mut st = self.stat_of(path, r, ino).ok()?;
+            // As overlayfs: an upper object's link count drops to 0 with
+            // its name; a lower one (whited out) keeps its layer's.
+            if r.upper.is_some() {
+                st.st_nlink = 0;
+            }
+            return Some(Kept::Gone(Gone(st)));
+        }
+        self.keep_file_data(path, r).map(Kept::Data)
+    }
+
+    /// The data of file `r` at `path`, to keep past its last name.
+    fn keep_file_data(&self, path: &[Vec<u8>], r: &Resolved) -> Option<Data> {
         match (&r.upper, &r.lower) {
             // A metadata-only copy keeps its layer's data (read-only).
             (Some(u), _) => match self.upper_fd(path, u.ino).ok()? {
@@ -263,17 +303,24 @@ impl Overlay {
     pub(super) fn name_gone(
         &self,
         ino: u64,
-        kept: Option<Data>,
+        kept: Option<Kept>,
         upper_gone: bool,
         upper_ino: Option<u64>,
     ) {
         if let (true, Some(u)) = (upper_gone, upper_ino) {
             self.io.drop_upper(u);
         }
-        let Some(d) = kept else { return };
+        let Some(k) = kept else { return };
         let nodes = self.nodes.lock();
         if nodes.is_held(ino) && nodes.path(ino).is_none() {
-            self.io.orphans.lock().insert(ino, d);
+            match k {
+                Kept::Data(d) => {
+                    self.io.orphans.lock().insert(ino, d);
+                }
+                Kept::Gone(g) => {
+                    self.io.gone.lock().insert(ino, g);
+                }
+            }
         }
     }
 }
