@@ -130,6 +130,16 @@ impl Overlay {
     }
 
     fn copy_up_as(&self, path: &[Vec<u8>], how: How) -> io::Result<()> {
+        match self.copy_up_as_once(path, how) {
+            // Space held by files just unlinked comes back at their FORGET.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && self.io.settle_orphans() => {
+                self.copy_up_as_once(path, how)
+            }
+            r => r,
+        }
+    }
+
+    fn copy_up_as_once(&self, path: &[Vec<u8>], how: How) -> io::Result<()> {
         // The common case, on every create, remove and rename: already in the
         // upper, and then so are all its ancestors (the tree has no orphans).
         if self.resolve(path)?.upper.is_some() {
