@@ -133,6 +133,13 @@ impl Nodes {
             .unwrap_or(0)
     }
 
+    /// The count of implicit `r`, if its layer has any (never allocates).
+    fn count_mut(&mut self, r: LayerRef) -> Option<&mut u32> {
+        self.counts
+            .get_mut(usize::from(r.layer.0))
+            .and_then(|c| c.get_mut(r.entry.0 as usize))
+    }
+
     /// The node of `ino`, made from its implicit location (with its count)
     /// if it has none and the kernel holds it; `None` if neither.
     fn materialize(&mut self, ino: u64) -> Option<&mut Node> {
@@ -143,7 +150,7 @@ impl Nodes {
             }
             let (p, name) = self.implicit_loc(ino)?;
             let locs = vec![(p, name.into())];
-            let nlookup = u64::from(std::mem::take(self.count_slot(r)));
+            let nlookup = u64::from(self.count_mut(r).map_or(0, std::mem::take));
             self.map.insert(
                 ino,
                 Node {
@@ -253,15 +260,14 @@ impl Nodes {
                 node.nlookup == 0
             }
             None => {
-                let Some(r) = self.implicit_ref(ino) else {
-                    return true;
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                return match self.implicit_ref(ino).and_then(|r| self.count_mut(r)) {
+                    Some(c) if *c > 0 => {
+                        *c = c.saturating_sub(n);
+                        *c == 0
+                    }
+                    _ => true,
                 };
-                if self.count_of(r) == 0 {
-                    return true;
-                }
-                let c = self.count_slot(r);
-                *c = c.saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
-                return *c == 0;
             }
         };
         if gone {
@@ -285,6 +291,9 @@ impl Nodes {
     /// the inode by another name).
     fn loc(&self, ino: u64) -> Option<(u64, &[u8])> {
         match self.map.get(&ino) {
+            // One name (every directory, most files): nothing to choose, and
+            // no second lookup per level on this path of every request.
+            Some(node) if node.locs.len() <= 1 => node.locs.first().map(|(p, n)| (*p, &n[..])),
             Some(node) => node
                 .locs
                 .iter()
