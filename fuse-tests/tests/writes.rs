@@ -1223,8 +1223,30 @@ fn a_full_upper_gives_enospc_and_stays_consistent() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
     drop(f);
     assert!(fs::metadata(m.p("fill")).unwrap().len() >= written as u64);
-    // Removing it frees the space; the mount works on.
+    // Removing it frees the space; the mount works on. The daemon drops its
+    // last reference to the upper file at the kernel's FORGET (and, with
+    // `-o passthrough`, RELEASE), which FUSE sends after `unlink`/`close`
+    // return: a write or copy-up the daemon serves waits for them at
+    // ENOSPC. A passthrough write goes straight to the upper file and
+    // cannot: there the space must be seen back first (README *Limits*).
     fs::remove_file(m.p("fill")).unwrap();
+    if std::env::var_os("UNIONFS_TEST_PASSTHROUGH").is_some() {
+        let free = || {
+            let c = std::ffi::CString::new(upper_fs.as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid C string and a zeroed out-struct.
+            let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+            assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0);
+            v.f_bavail as usize * v.f_frsize as usize
+        };
+        let t = std::time::Instant::now();
+        while free() < written / 2 {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "the space of a removed file never came back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
     fs::write(m.p("etc/passwd"), "ok\n").unwrap();
     assert_eq!(fs::read_to_string(m.p("etc/passwd")).unwrap(), "ok\n");
     let work = upper_fs.join(".upper.unionfs-work");

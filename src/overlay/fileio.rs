@@ -106,28 +106,6 @@ impl FileIo {
         self.orphans.lock().get(&ino).cloned()
     }
 
-    /// The upper is full: if files unlinked since may still hold space only
-    /// because the kernel's FORGET of them is in flight (another thread is
-    /// about to serve it; a file not open is evicted at its unlink), waits a
-    /// little for them to go. Returns true if the space they held may be
-    /// free now (worth a retry).
-    pub(super) fn settle_orphans(&self) -> bool {
-        let before = self.orphans.lock().len();
-        if before == 0 {
-            return false;
-        }
-        // Up to half a second: under load the FORGET that follows an
-        // unlink took over the 100 ms waited before (CI, with pjdfstest
-        // beside it: ENOSPC on a write right after freeing the space).
-        for _ in 0..100 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            if self.orphans.lock().len() < before {
-                return true;
-            }
-        }
-        false
-    }
-
     /// The kernel forgot `ino`: an orphan's data goes.
     pub(super) fn forgotten(&self, ino: u64) {
         self.orphans.lock().remove(&ino);
@@ -160,6 +138,52 @@ impl FileIo {
 }
 
 impl Overlay {
+    /// The upper is full: if removed files may still hold space only because
+    /// the kernel's FORGET (of an unlinked file it held) or RELEASE (of an
+    /// open handle on one, `-o passthrough`) is in flight — both are sent
+    /// after `unlink`/`close` return, for another thread to serve — waits up
+    /// to half a second for one of them to land. Returns true if space may
+    /// have come back since (worth a retry).
+    pub(super) fn settle_space(&self) -> bool {
+        let pending = || {
+            let orphans = self.io.orphans.lock().len();
+            let open = self.handles.upper_inos();
+            let nodes = self.nodes.lock();
+            orphans + open.iter().filter(|&&i| nodes.path(i).is_none()).count()
+        };
+        let before = pending();
+        if before == 0 {
+            return false;
+        }
+        // Under load the FORGET that follows an unlink took over 100 ms (CI,
+        // with pjdfstest beside it: ENOSPC on a write right after freeing).
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            if pending() < before {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs `op` again while it fails with ENOSPC and [`settle_space`]
+    /// (Self::settle_space) sees space coming back: a few times at most.
+    pub(super) fn retry_full<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        let mut tries = 0;
+        loop {
+            match op() {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOSPC)
+                        && tries < 4
+                        && self.settle_space() =>
+                {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// The open upper file of `st_ino` at `path`: cached, or opened (read and
     /// write) and checked to be
     /// that file; with the layer entry holding its data if it is a
@@ -243,14 +267,10 @@ impl Overlay {
 
     /// Writes file `ino` at `off` (copying it up first if it is lower).
     pub fn write_ino(&self, ino: u64, off: u64, data: &[u8]) -> io::Result<usize> {
-        let write = || match self.data(ino, true)? {
+        self.retry_full(|| match self.data(ino, true)? {
             Data::Upper(f) => f.write_at(data, off),
             Data::Lower(_) => Err(eno(libc::EIO)),
-        };
-        match write() {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && self.io.settle_orphans() => write(),
-            r => r,
-        }
+        })
     }
 
     /// `fsync`/`fdatasync` of file `ino` (a lower file: nothing to do).

@@ -71,6 +71,18 @@ impl Handles {
         self.map.lock().remove(&fh);
     }
 
+    /// The inodes of the open upper handles.
+    pub(super) fn upper_inos(&self) -> Vec<u64> {
+        self.map
+            .lock()
+            .values()
+            .filter_map(|h| match h.as_ref() {
+                Handle::Upper(i, _) => Some(*i),
+                Handle::Lower(..) => None,
+            })
+            .collect()
+    }
+
     /// `lstat` of inode `ino` through any open handle on it (for an object that
     /// has no name any more but is still open).
     pub(super) fn stat_open(&self, ino: u64, stack: &Stack) -> Option<libc::stat> {

@@ -130,13 +130,9 @@ impl Overlay {
     }
 
     fn copy_up_as(&self, path: &[Vec<u8>], how: How) -> io::Result<()> {
-        match self.copy_up_as_once(path, how) {
-            // Space held by files just unlinked comes back at their FORGET.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && self.io.settle_orphans() => {
-                self.copy_up_as_once(path, how)
-            }
-            r => r,
-        }
+        // Space held by files just removed comes back at their FORGET or
+        // RELEASE.
+        self.retry_full(|| self.copy_up_as_once(path, how))
     }
 
     fn copy_up_as_once(&self, path: &[Vec<u8>], how: How) -> io::Result<()> {
