@@ -7,18 +7,19 @@
 //! Owns the choice of *I/O mode* for each open and the backing-file ids. The
 //! kernel keeps one mode per inode and fails an open that mixes them (EIO):
 //! - a *passthrough* open needs every other open of the inode to be
-//!   passthrough with the same backing id;
+//!   passthrough with the same backing id: while the inode has one, any
+//!   other open fails, direct I/O (`FOPEN_DIRECT_IO`) included;
 //! - a *cached* open (the page cache, served by READ/WRITE requests) needs no
-//!   passthrough open of the inode;
-//! - a *direct* open (`FOPEN_DIRECT_IO`) mixes with either.
+//!   passthrough open of the inode.
 //!
 //! So per inode this counts the passthrough and cached opens it has answered:
 //! an upper file opens passthrough unless cached opens are outstanding (a
 //! reader of the lower file while it is copied up), and then opens cached
 //! without `FOPEN_KEEP_CACHE` (passthrough writes bypass the page cache, so
 //! pages kept from before could be stale). A lower file opens cached (kept
-//! cache: lower data never changes) unless passthrough opens are outstanding,
-//! and then opens direct. Our counts move before the kernel's on open and
+//! cache: lower data never changes) unless passthrough opens are outstanding
+//! (it was copied up while this open was being served), and then opens
+//! passthrough to the copy. Our counts move before the kernel's on open and
 //! after them on release, so they never allow what the kernel would refuse.
 //!
 //! If registering a backing file fails (not root, an upper on a stacked
@@ -41,8 +42,6 @@ pub enum Mode {
     CachedKeep,
     /// The page cache, dropped at open.
     Cached,
-    /// No page cache (`FOPEN_DIRECT_IO`).
-    Direct,
 }
 
 impl Mode {
@@ -50,7 +49,6 @@ impl Mode {
     pub fn flags(self) -> FopenFlags {
         match self {
             Mode::CachedKeep => FopenFlags::FOPEN_KEEP_CACHE,
-            Mode::Direct => FopenFlags::FOPEN_DIRECT_IO,
             Mode::Cached | Mode::Passthrough => FopenFlags::empty(),
         }
     }
@@ -148,7 +146,12 @@ impl<B> Passthrough<B> {
             }
             Some(_) if self.used.load(Ordering::Relaxed) || self.enabled() => Mode::Cached,
             Some(_) => Mode::CachedKeep,
-            None if node.passthrough > 0 => Mode::Direct,
+            // A lower open (a read-only open resolved before a concurrent
+            // copy-up whose opens were answered first) of an inode open
+            // passthrough: the kernel refuses any other mode, even direct
+            // I/O (`fuse_file_io_open`: EIO). The upper file is the copy,
+            // complete before any passthrough open: read it.
+            None if node.passthrough > 0 => Mode::Passthrough,
             None => Mode::CachedKeep,
         };
         match mode {
@@ -157,7 +160,6 @@ impl<B> Passthrough<B> {
                 self.used.store(true, Ordering::Relaxed);
             }
             Mode::Cached | Mode::CachedKeep => node.cached += 1,
-            Mode::Direct => {}
         }
         handles.insert(fh, (ino, mode));
         let backing = node.backing.as_ref().filter(|_| mode == Mode::Passthrough);
@@ -197,7 +199,6 @@ impl<B> Passthrough<B> {
                 }
             }
             Mode::Cached | Mode::CachedKeep => node.cached = node.cached.saturating_sub(1),
-            Mode::Direct => {}
         }
         if node.passthrough == 0 && node.cached == 0 {
             st.inodes.remove(&ino);
@@ -264,13 +265,15 @@ mod tests {
         assert_eq!(open(&p, &live, 7, 1, true), Mode::Passthrough);
         assert_eq!(open(&p, &live, 7, 2, true), Mode::Passthrough);
         assert_eq!(live.get(), 1, "one backing id for both opens");
-        // A lower open of the same inode (a race with copy-up) must not be cached.
-        assert_eq!(open(&p, &live, 7, 3, false), Mode::Direct);
+        // A lower open of the same inode (a race with copy-up) can be
+        // neither cached nor direct: the kernel takes only passthrough.
+        assert_eq!(open(&p, &live, 7, 3, false), Mode::Passthrough);
+        assert_eq!(live.get(), 1, "the same backing id");
         p.release(1);
-        assert_eq!(live.get(), 1);
         p.release(2);
-        assert_eq!(live.get(), 0, "closed with the last passthrough open");
+        assert_eq!(live.get(), 1, "fh 3 is passthrough too");
         p.release(3);
+        assert_eq!(live.get(), 0, "closed with the last passthrough open");
         assert_eq!(open(&p, &live, 7, 4, false), Mode::CachedKeep);
     }
 
