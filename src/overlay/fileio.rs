@@ -166,8 +166,9 @@ impl Overlay {
         false
     }
 
-    /// Runs `op` again while it fails with ENOSPC and [`settle_space`]
-    /// (Self::settle_space) sees space coming back: a few times at most.
+    /// Runs `op` again while it fails with ENOSPC and
+    /// [`settle_space`](Self::settle_space) sees space coming back: a few
+    /// times at most.
     pub(super) fn retry_full<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         let mut tries = 0;
         loop {
