@@ -27,6 +27,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -71,6 +72,9 @@ pub(super) struct FileIo {
     /// attributes, for `fstat` of a removed directory that is still open or
     /// some process's working directory.
     gone: Mutex<HashMap<u64, Gone>>,
+    /// When an upper object last lost its last name (its space may be on
+    /// its way back: `Overlay::settle_space`).
+    freed_at: Mutex<Option<Instant>>,
 }
 
 /// The attributes a removed non-file answers with until the kernel forgets it.
@@ -90,6 +94,7 @@ impl Default for FileIo {
             )),
             orphans: Mutex::new(HashMap::new()),
             gone: Mutex::new(HashMap::new()),
+            freed_at: Mutex::new(None),
         }
     }
 }
@@ -137,14 +142,30 @@ impl FileIo {
     }
 }
 
+/// How long after an upper object lost its last name an ENOSPC waits for
+/// its space (the FORGET or RELEASE still in flight).
+const SETTLE_AFTER_FREE: Duration = Duration::from_secs(2);
+
 impl Overlay {
-    /// The upper is full: if removed files may still hold space only because
-    /// the kernel's FORGET (of an unlinked file it held) or RELEASE (of an
-    /// open handle on one, `-o passthrough`) is in flight — both are sent
-    /// after `unlink`/`close` return, for another thread to serve — waits up
-    /// to half a second for one of them to land. Returns true if space may
-    /// have come back since (worth a retry).
+    /// The upper is full: if files removed in the last 2 s may still hold
+    /// space only because the kernel's FORGET (of an unlinked file it held)
+    /// or RELEASE (of an open handle on one, `-o passthrough`) is in flight
+    /// — both are sent after `unlink`/`close` return, for another thread to
+    /// serve — waits up to half a second for one of them to land. Returns
+    /// true if space may have come back since (worth a retry). (A file
+    /// removed earlier and closed just now is not waited for: the daemon
+    /// does not see a `close` before its RELEASE.)
     pub(super) fn settle_space(&self) -> bool {
+        // Only right after a removal: an upper full for good (or a deleted
+        // file held open for long) fails at once, not 0.5 s later each time.
+        let recent = self
+            .io
+            .freed_at
+            .lock()
+            .is_some_and(|t| t.elapsed() < SETTLE_AFTER_FREE);
+        if !recent {
+            return false;
+        }
         let pending = || {
             let orphans = self.io.orphans.lock().len();
             let open = self.handles.upper_inos();
@@ -333,6 +354,7 @@ impl Overlay {
     ) {
         if let (true, Some(u)) = (upper_gone, upper_ino) {
             self.io.drop_upper(u);
+            *self.io.freed_at.lock() = Some(Instant::now());
         }
         let Some(k) = kept else { return };
         let nodes = self.nodes.lock();
