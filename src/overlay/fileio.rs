@@ -179,7 +179,7 @@ impl Overlay {
         // Under load the FORGET that follows an unlink took over 100 ms (CI,
         // with pjdfstest beside it: ENOSPC on a write right after freeing).
         for _ in 0..100 {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(5));
             if pending() < before {
                 return true;
             }
@@ -189,7 +189,9 @@ impl Overlay {
 
     /// Runs `op` again while it fails with ENOSPC and
     /// [`settle_space`](Self::settle_space) sees space coming back: a few
-    /// times at most.
+    /// times at most. Every operation that allocates data blocks in the
+    /// upper goes through it (writes, fallocate, copy-up); namespace
+    /// operations (create, mkdir, a whiteout) do not.
     pub(super) fn retry_full<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         let mut tries = 0;
         loop {
@@ -305,10 +307,10 @@ impl Overlay {
 
     /// `fallocate` of file `ino` (copying it up first).
     pub fn fallocate_ino(&self, ino: u64, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        match self.data(ino, true)? {
+        self.retry_full(|| match self.data(ino, true)? {
             Data::Upper(f) => fallocate(&f, mode, off, len),
             Data::Lower(_) => Err(eno(libc::EIO)),
-        }
+        })
     }
 
     /// Before the name of `r` (at `path`, inode `ino`) goes: what to keep if

@@ -565,9 +565,9 @@ impl Overlay {
     /// Writes to file handle `fh`.
     pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;
-        match self.handles.get(fh).as_deref() {
-            Some(Handle::Upper(_, f)) => f.write_at(data, off),
-            Some(Handle::Lower(..)) => Err(eno(libc::EBADF)),
+        let h = self.handles.get(fh);
+        match h.as_deref() {
+            Some(Handle::Upper(_, f)) => self.retry_full(|| f.write_at(data, off)),
             _ => Err(eno(libc::EBADF)),
         }
     }
@@ -584,10 +584,10 @@ impl Overlay {
 
     /// `fallocate` on file handle `fh`.
     pub fn fallocate(&self, fh: u64, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        match self.handles.get(fh).as_deref() {
-            Some(Handle::Upper(_, f)) => fileio::fallocate(f, mode, off, len),
-            Some(_) => Err(eno(libc::EBADF)),
-            None => Err(eno(libc::EBADF)),
+        let h = self.handles.get(fh);
+        match h.as_deref() {
+            Some(Handle::Upper(_, f)) => self.retry_full(|| fileio::fallocate(f, mode, off, len)),
+            _ => Err(eno(libc::EBADF)),
         }
     }
 
