@@ -147,17 +147,19 @@ impl FileIo {
 const SETTLE_AFTER_FREE: Duration = Duration::from_secs(2);
 
 impl Overlay {
-    /// The upper is full: if files removed in the last 2 s may still hold
-    /// space only because the kernel's FORGET (of an unlinked file it held)
-    /// or RELEASE (of an open handle on one, `-o passthrough`) is in flight
-    /// — both are sent after `unlink`/`close` return, for another thread to
-    /// serve — waits up to half a second for one of them to land. Returns
-    /// true if space may have come back since (worth a retry). (A file
-    /// removed earlier and closed just now is not waited for: the daemon
-    /// does not see a `close` before its RELEASE.)
+    /// The upper is full: if an upper object lost its last name in the last
+    /// 2 s, its space may be on its way back. The daemon lets go of a removed
+    /// file at the kernel's FORGET of it (or the RELEASE of its last open
+    /// handle, `-o passthrough`), which FUSE sends after `unlink`/`close`
+    /// return, and some filesystems free blocks after that in the background
+    /// (XFS). Waits until the upper's free blocks grow or a removed object is
+    /// let go: up to 1 s while removed objects are still held, 50 ms if none
+    /// is. Returns true if a retry is worth it. (A file removed earlier and
+    /// closed just now is not waited for: the daemon does not see a `close`
+    /// before its RELEASE.)
     pub(super) fn settle_space(&self) -> bool {
         // Only right after a removal: an upper full for good (or a deleted
-        // file held open for long) fails at once, not 0.5 s later each time.
+        // file held open for long) fails at once, not seconds later each time.
         let recent = self
             .io
             .freed_at
@@ -166,24 +168,26 @@ impl Overlay {
         if !recent {
             return false;
         }
-        let pending = || {
+        let free = || self.statfs().map_or(0, |s| s.f_bfree);
+        let held = || {
             let orphans = self.io.orphans.lock().len();
             let open = self.handles.upper_inos();
             let nodes = self.nodes.lock();
             orphans + open.iter().filter(|&&i| nodes.path(i).is_none()).count()
         };
-        let before = pending();
-        if before == 0 {
-            return false;
-        }
-        // Under load the FORGET that follows an unlink took over 100 ms (CI,
-        // with pjdfstest beside it: ENOSPC on a write right after freeing).
-        for _ in 0..100 {
+        let (free0, held0) = (free(), held());
+        let polls = if held0 > 0 { 200 } else { 10 };
+        for i in 0..polls {
             std::thread::sleep(Duration::from_millis(5));
-            if pending() < before {
+            if free() > free0 || held() < held0 {
+                log::debug!(target: "unionfs::overlay",
+                    "upper full: space coming back after {} ms; retrying", 5 * (i + 1));
                 return true;
             }
         }
+        log::debug!(target: "unionfs::overlay",
+            "upper full: no space came back in {} ms ({held0} removed objects still held)",
+            5 * polls);
         false
     }
 
