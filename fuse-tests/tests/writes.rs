@@ -888,6 +888,52 @@ fn new_objects_mknod_symlink_link() {
     );
 }
 
+/// A new file's xattrs, read back through the fd its creation left open in
+/// the daemon (the first write's `security.capability` query is answered
+/// from it), agree with what was set and removed by name; and the file
+/// capability goes with the first write, as the kernel's `file_remove_privs`
+/// wants (it asks for `security.capability`, then removes it).
+#[test]
+fn a_new_file_answers_xattrs_and_loses_its_capability_at_the_first_write() {
+    let rw = rw!(image());
+    let p = rw.p("var/new");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    assert_eq!(lgetxattr_len(&p, b"user.k"), Err(libc::ENODATA));
+    lsetxattr(&p, b"user.k", b"v1").unwrap();
+    assert_eq!(lgetxattr_sized(&p, b"user.k", 64), Ok(b"v1".to_vec()));
+    // VFS_CAP_REVISION_2, effective, permitted CAP_NET_BIND_SERVICE (10).
+    let mut cap = Vec::new();
+    for w in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+        cap.extend_from_slice(&w.to_le_bytes());
+    }
+    lsetxattr(&p, b"security.capability", &cap).unwrap();
+    assert_eq!(
+        lgetxattr_sized(&p, b"security.capability", 64),
+        Ok(cap.clone())
+    );
+    f.write_all(b"data").unwrap();
+    assert_eq!(
+        lgetxattr_len(&p, b"security.capability"),
+        Err(libc::ENODATA),
+        "the first write removes the file capability"
+    );
+    assert_eq!(
+        lgetxattr_len(&rw.up("var/new"), b"security.capability"),
+        Err(libc::ENODATA)
+    );
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"data");
+    assert_eq!(lgetxattr_sized(&p, b"user.k", 64), Ok(b"v1".to_vec()));
+    assert_eq!(
+        lgetxattr_sized(&rw.up("var/new"), b"user.k", 64),
+        Ok(b"v1".to_vec())
+    );
+}
+
 trait FifoLike {
     fn is_fifo_like(&self) -> bool;
 }

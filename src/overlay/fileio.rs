@@ -106,6 +106,17 @@ impl FileIo {
         self.fds.lock().pop(&st_ino);
     }
 
+    /// Caches `f`, the upper file `st_ino` this mount has just created (read
+    /// and write, not a metadata-only copy).
+    pub(super) fn cache_new(&self, st_ino: u64, f: File) {
+        self.fds.lock().put(st_ino, (Arc::new(f), None));
+    }
+
+    /// The cached open upper file `st_ino`, if there is one (a regular file).
+    pub(super) fn cached(&self, st_ino: u64) -> Option<Arc<File>> {
+        self.fds.lock().get(&st_ino).map(|(f, _)| f.clone())
+    }
+
     /// The data orphan `ino` keeps, if it is one.
     pub(super) fn orphan(&self, ino: u64) -> Option<Data> {
         self.orphans.lock().get(&ino).cloned()

@@ -598,6 +598,14 @@ impl Overlay {
         let path = self.path_of(ino)?;
         let r = self.resolve(&path)?;
         match (&r.upper, &r.lower) {
+            // A file with an open fd cached (written or created through
+            // this mount) answers with one syscall: the first write to every
+            // file brings a `security.capability` query (the kernel's
+            // `file_remove_privs`), right after its open or create.
+            (Some(u), _) if !is_private_xattr(key) => match self.io.cached(u.ino) {
+                Some(f) => crate::sys::fgetxattr(std::os::fd::AsFd::as_fd(&*f), key),
+                None => self.upper.get_xattr(&path, key),
+            },
             (Some(_), _) => self.upper.get_xattr(&path, key),
             (None, Some(m)) => {
                 if is_private_xattr(key) {
