@@ -59,7 +59,7 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
     let size = if e.is_dir() { 0 } else { e.size };
     o.insert("size".into(), size.into());
     o.insert("mtime".into(), e.mtime.into());
-    o.insert("mtime_nsec".into(), e.mtime_nsec.into());
+    o.insert("mtime_nsec".into(), idx.mtime_nsec(ino).into());
     o.insert("layer".into(), top.layer.0.into());
     match e.mode() & libc::S_IFMT {
         libc::S_IFLNK => {

@@ -264,7 +264,7 @@ fn apply(tar: &mut Vec<u8>, m: &Mutation) {
 
 /// Every accessor on every entry; panics (fails) on any inconsistency.
 fn exercise(idx: &LayerIndex) {
-    persist::validate(idx, idx.members.len() as u64).expect("a built index validates");
+    persist::validate(idx).expect("a built index validates");
     let n = idx.entries.len() as u32;
     let mut reachable = 0usize;
     for i in 0..n {
@@ -272,6 +272,7 @@ fn exercise(idx: &LayerIndex) {
         let e = idx.entry(id);
         let _ = idx.name(id);
         let _ = idx.extra(id);
+        let _ = idx.mtime_nsec(id);
         let ino = idx.inode_of(id);
         assert!(ino.0 < n);
         let path = idx.path_of(id);

@@ -81,7 +81,7 @@ pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileA
         }
         _ => 0,
     };
-    let t = system_time(e.mtime, e.mtime_nsec);
+    let t = system_time(e.mtime, stack.mtime_nsec(r));
     FileAttr {
         ino: INodeNo(ino),
         size,

@@ -712,12 +712,13 @@ fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
     st.st_mode = e.mode();
     st.st_uid = e.uid;
     st.st_gid = e.gid;
+    let nsec = i64::from(stack.mtime_nsec(r));
     st.st_mtime = e.mtime;
-    st.st_mtime_nsec = i64::from(e.mtime_nsec);
+    st.st_mtime_nsec = nsec;
     st.st_atime = e.mtime;
-    st.st_atime_nsec = i64::from(e.mtime_nsec);
+    st.st_atime_nsec = nsec;
     st.st_ctime = e.mtime;
-    st.st_ctime_nsec = i64::from(e.mtime_nsec);
+    st.st_ctime_nsec = nsec;
     st.st_blksize = 4096;
     match e.kind() {
         libc::S_IFDIR => {
@@ -752,8 +753,8 @@ fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
         mode: e.mode() & 0o7777,
         uid: e.uid,
         gid: e.gid,
-        atime: (e.mtime, e.mtime_nsec),
-        mtime: (e.mtime, e.mtime_nsec),
+        atime: (e.mtime, stack.mtime_nsec(r)),
+        mtime: (e.mtime, stack.mtime_nsec(r)),
         xattrs: x
             .xattrs
             .iter()

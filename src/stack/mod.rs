@@ -165,6 +165,13 @@ impl Stack {
         idx.entry(idx.inode_of(r.entry))
     }
 
+    /// The nanoseconds of the mtime of `r` (of its inode: a hard link's
+    /// target).
+    pub fn mtime_nsec(&self, r: LayerRef) -> u32 {
+        let idx = self.index(r);
+        idx.mtime_nsec(idx.inode_of(r.entry))
+    }
+
     /// `st_blocks` (512-byte units) of the regular file `r`: its data, without
     /// the holes of a sparse file.
     pub fn stored_blocks(&self, r: LayerRef) -> u64 {

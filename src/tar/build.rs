@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 
 use super::index::{
-    normalize, EntryRec, LayerIndex, F_DETACHED, F_HARDLINK, F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE,
-    F_SPARSE, F_XATTRS, KIND_WHITEOUT, MAX_WARNINGS, NONE,
+    normalize, EntryRec, LayerIndex, F_DETACHED, F_HARDLINK, F_HIDES_LOWER, F_IMPLICIT, F_NSEC,
+    F_OPAQUE, F_SPARSE, F_XATTRS, KIND_WHITEOUT, MAX_WARNINGS, NONE,
 };
 use super::scan::{Kind, Member, RawEntry};
 use crate::whiteout::{self, Class};
@@ -65,7 +65,6 @@ impl Default for Builder {
 fn dir_rec(mode: u32) -> EntryRec {
     EntryRec {
         mode16: (libc::S_IFDIR | (mode & 0o7777)) as u16,
-        member: NONE,
         extra: NONE,
         link: NONE,
         ..EntryRec::default()
@@ -211,7 +210,6 @@ impl Builder {
             size: if kind == Kind::File { raw.size } else { 0 },
             data_off: if kind == Kind::File { raw.data_off } else { 0 },
             mtime: raw.mtime,
-            mtime_nsec: raw.mtime_nsec,
             // Linux symlinks have no permissions of their own: lstat shows 0777.
             mode16: match kind {
                 Kind::Symlink => libc::S_IFLNK | 0o777,
@@ -222,16 +220,20 @@ impl Builder {
             link: NONE,
             count: 0,
             extra: NONE,
-            member: raw.member,
             ..EntryRec::default()
         };
         let sparse = raw.sparse.as_ref().filter(|_| kind == Kind::File);
         let special = matches!(kind, Kind::Symlink | Kind::Char | Kind::Block);
-        if !(special || !raw.xattrs.is_empty() || sparse.is_some()) {
+        let nsec = raw.mtime_nsec != 0;
+        if !(nsec || special || !raw.xattrs.is_empty() || sparse.is_some()) {
             return rec;
         }
         rec.extra = self.extra.len() as u32;
         let x = &mut self.extra;
+        if nsec {
+            rec.flags |= F_NSEC;
+            put_u32(x, raw.mtime_nsec);
+        }
         if kind == Kind::Symlink {
             put_u32(x, raw.link.len() as u32);
             x.extend_from_slice(&raw.link);
@@ -374,7 +376,6 @@ impl Builder {
         let rec = EntryRec {
             mode16: KIND_WHITEOUT as u16,
             mtime: raw.mtime,
-            member: raw.member,
             link: NONE,
             extra: NONE,
             ..EntryRec::default()
@@ -405,7 +406,6 @@ impl Builder {
         }
         let rec = EntryRec {
             mode16: libc::S_IFREG as u16,
-            member: raw.member,
             link: NONE,
             extra: NONE,
             flags: F_HARDLINK,

@@ -29,13 +29,13 @@ use std::path::Path;
 use bytemuck::{Pod, Zeroable};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::index::{EntryRec, LayerIndex, F_HARDLINK, NONE};
+use super::index::{EntryRec, LayerIndex, F_HARDLINK, F_NSEC, NONE};
 use super::scan::Member;
 
 const MAGIC: [u8; 8] = *b"UFSINDX\0";
 /// Bump whenever the layout or the indexing rules (scan.rs, index.rs) change:
 /// a stored index built by other rules must never be served.
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 const BOM: u32 = 0x0102_0304;
 
 /// What makes a tar file "the same file" for the cache.
@@ -284,7 +284,7 @@ pub fn load(
     if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
         return Ok(Err(format!("{name} section checksum mismatch")));
     }
-    if let Err(why) = validate(&idx, h.n_members) {
+    if let Err(why) = validate(&idx) {
         return Ok(Err(why));
     }
     Ok(Ok(idx))
@@ -298,7 +298,7 @@ fn read_section(f: &mut File, buf: &mut [u8]) -> io::Result<()> {
 }
 
 /// Bounds-checks every cross reference, so that no accessor can index out of range.
-pub fn validate(idx: &LayerIndex, n_members: u64) -> Result<(), String> {
+pub fn validate(idx: &LayerIndex) -> Result<(), String> {
     let n = idx.entries.len() as u64;
     if idx.entries.first().is_none_or(|r| !r.is_dir()) {
         return Err("root entry is not a directory".into());
@@ -323,8 +323,8 @@ pub fn validate(idx: &LayerIndex, n_members: u64) -> Result<(), String> {
         if e.extra != NONE && u64::from(e.extra) >= idx.extra.len() as u64 {
             return bad("extra");
         }
-        if e.member != NONE && u64::from(e.member) >= n_members {
-            return bad("member");
+        if e.has(F_NSEC) && e.extra == NONE {
+            return bad("mtime nanoseconds");
         }
     }
     Ok(())

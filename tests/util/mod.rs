@@ -473,6 +473,11 @@ pub fn rec<'a>(idx: &'a LayerIndex, path: &str) -> &'a EntryRec {
     idx.entry(idx.inode_of(id(idx, path)))
 }
 
+/// The nanoseconds of the mtime of the inode at `path`.
+pub fn nsec(idx: &LayerIndex, path: &str) -> u32 {
+    idx.mtime_nsec(idx.inode_of(id(idx, path)))
+}
+
 // ---------------------------------------------------------------------------
 // Files
 
