@@ -552,6 +552,19 @@ fn readdir_100k_entries_with_a_1k_getdents_buffer() {
     assert!(rest == expected_huge_names(), "sorted, complete listing");
 }
 
+/// The daemon forgets a listing once its reader got to the end; when the
+/// kernel has dropped its own copy too, the next reader gets the listing
+/// built again, the same.
+#[test]
+fn a_listing_read_to_its_end_is_listed_again_after_the_kernel_drops_it() {
+    let m = mount!(huge_dir_layers());
+    let first = names(&m.p("big"));
+    assert_eq!(first.len(), HUGE);
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert_eq!(names(&m.p("big")), first);
+    assert!(first == expected_huge_names());
+}
+
 #[test]
 fn readdir_100k_entries_with_seekdir_and_telldir() {
     let m = mount!(huge_dir_layers());
