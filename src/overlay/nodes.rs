@@ -228,6 +228,27 @@ impl Nodes {
         ino
     }
 
+    /// Enters an object this mount has just created in the upper, whose
+    /// `st_ino` `upper` the filesystem has just allocated: it gets a new
+    /// number. A number still recorded for that `st_ino` belongs to an
+    /// object that is gone without its `unlink` reaching this table; given to
+    /// the new one, the kernel (which may still hold it for the old object)
+    /// would alias the two (a new directory then fails with ESTALE, which the
+    /// VFS retries into EEXIST). So it is dropped, with a warning: no known
+    /// path leaves one behind.
+    pub(super) fn enter_new(&mut self, parent: u64, name: &[u8], upper: u64) -> u64 {
+        if let Some(stale) = self.by_upper.remove(&upper) {
+            log::warn!(target: "unionfs::overlay",
+                "new upper object (st_ino {upper}) found the number {stale:#x} of a removed one still recorded: dropped");
+            if let Some(node) = self.map.get_mut(&stale) {
+                if node.upper == Some(upper) {
+                    node.upper = None;
+                }
+            }
+        }
+        self.enter(parent, name, None, Some(upper), None)
+    }
+
     /// The number an object would be given, without recording anything (for
     /// `d_ino` in plain readdir).
     pub(super) fn peek(&self, fixed: Option<u64>, upper: Option<u64>) -> u64 {
@@ -427,6 +448,19 @@ mod tests {
         n.unlink(f2, d, b"f", Some(77));
         n.forget(f2, 1);
         assert_ne!(n.enter(d, b"h", None, Some(77), None), f);
+    }
+
+    #[test]
+    fn a_new_object_never_takes_a_stale_number() {
+        let mut n = Nodes::new(Arc::new(Stack::new(Vec::new())));
+        let f = n.enter(ROOT, b"f", None, Some(5), None);
+        // Gone without an unlink reaching the table (no known path does
+        // that): a new object with the same st_ino still gets a new number.
+        let g = n.enter_new(ROOT, b"g", 5);
+        assert_ne!(f, g);
+        assert_eq!(n.path(g).unwrap(), vec![b"g".to_vec()]);
+        // And it owns the st_ino from then on.
+        assert_eq!(n.enter(ROOT, b"g2", None, Some(5), None), g);
     }
 
     #[test]

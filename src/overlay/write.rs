@@ -448,10 +448,15 @@ impl Overlay {
             tree.set_opaque(unode, true);
         }
         drop(tree);
-        let ino = self
-            .nodes
-            .lock()
-            .enter(parent, name, None, Some(new.stat.st_ino), None);
+        // A new object (`ids`) gets a new number; a hard link the number of
+        // its file.
+        let ino = match ids {
+            Some(_) => self.nodes.lock().enter_new(parent, name, new.stat.st_ino),
+            None => self
+                .nodes
+                .lock()
+                .enter(parent, name, None, Some(new.stat.st_ino), None),
+        };
         let mut st = if self.upper.is_rootless() {
             self.upper_stat(&child(&dir, name))?
         } else {
