@@ -593,9 +593,13 @@ impl Overlay {
             }
             tree.remove(pnode, name);
         }
-        drop(tree);
+        // The number table learns that the upper st_ino is free before the
+        // tree lock goes: a create (which holds it while the filesystem
+        // allocates) may get that st_ino at once, and must not find it
+        // still recorded for this object (see `Nodes::enter_new`).
         let gone_upper = r.upper.filter(|_| upper_gone).map(|u| u.ino);
         self.nodes.lock().unlink(ino, parent, name, gone_upper);
+        drop(tree);
         self.name_gone(ino, kept, upper_gone, r.upper.map(|u| u.ino));
         Ok(())
     }
@@ -720,7 +724,9 @@ impl Overlay {
                 tree.set_whiteout(ps.node, name, st.st_mode, st.st_ino);
             }
         }
-        drop(tree);
+        // The number table follows before the tree lock goes (as in
+        // `remove`: a freed upper st_ino must not stay recorded while a
+        // create can take it).
         let s_ino = self.ino_peek(&s);
         let d_ino = d.as_ref().map(|d| self.ino_peek(d));
         let mut nodes = self.nodes.lock();
@@ -732,6 +738,7 @@ impl Overlay {
         }
         nodes.rename(s_ino, (parent, name), (newparent, newname));
         drop(nodes);
+        drop(tree);
         if let (false, Some(d), Some(di)) = (exchange, &d, d_ino) {
             self.name_gone(di, d_kept, d_upper_gone, d.upper.map(|u| u.ino));
         }
