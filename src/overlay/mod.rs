@@ -749,12 +749,13 @@ fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
     let e = stack.rec(r);
     let idx = stack.index(r);
     let x = idx.extra(idx.inode_of(r.entry));
+    let nsec = stack.mtime_nsec(r);
     Meta {
         mode: e.mode() & 0o7777,
         uid: e.uid,
         gid: e.gid,
-        atime: (e.mtime, stack.mtime_nsec(r)),
-        mtime: (e.mtime, stack.mtime_nsec(r)),
+        atime: (e.mtime, nsec),
+        mtime: (e.mtime, nsec),
         xattrs: x
             .xattrs
             .iter()

@@ -447,16 +447,16 @@ impl Overlay {
         if kind == libc::S_IFDIR && new.replaced_whiteout {
             tree.set_opaque(unode, true);
         }
-        drop(tree);
-        // A new object (`ids`) gets a new number; a hard link the number of
-        // its file.
+        // A new object (`ids`) gets a new number, a hard link the number of
+        // its file; entered before the tree lock goes, so that the number
+        // table changes with the tree (as in `remove` and `rename`).
+        let mut nodes = self.nodes.lock();
         let ino = match ids {
-            Some(_) => self.nodes.lock().enter_new(parent, name, new.stat.st_ino),
-            None => self
-                .nodes
-                .lock()
-                .enter(parent, name, None, Some(new.stat.st_ino), None),
+            Some(_) => nodes.enter_new(parent, name, new.stat.st_ino),
+            None => nodes.enter(parent, name, None, Some(new.stat.st_ino), None),
         };
+        drop(nodes);
+        drop(tree);
         let mut st = if self.upper.is_rootless() {
             self.upper_stat(&child(&dir, name))?
         } else {

@@ -258,7 +258,7 @@ impl LayerIndex {
     /// whole seconds, only PAX records more).
     pub fn mtime_nsec(&self, id: EntryId) -> u32 {
         let e = self.entry(id);
-        if !e.has(F_NSEC) || e.extra == NONE {
+        if !e.has(F_NSEC) {
             return 0;
         }
         Cursor {

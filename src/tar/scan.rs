@@ -144,8 +144,6 @@ pub enum Kind {
 pub struct RawEntry {
     /// Offset of the main header block (for messages).
     pub offset: u64,
-    /// Index of the main header's [`Member`].
-    pub member: u32,
     /// Path as written (PAX `path`, GNU long name, or ustar prefix/name).
     pub path: Vec<u8>,
     /// Object kind.
@@ -557,13 +555,11 @@ fn entry<R: ReadAt + ?Sized>(
     ) || (kind == Kind::Dir && tf != b'D');
     let stored = if header_only { 0 } else { size };
     let next = w.payload_end(off, data_off, stored)?;
-    let member = u32::try_from(out.members.len()).or_else(|_| corrupt(off, "too many members"))?;
     out.members.push(Member {
         hdr_off: member_hdr,
         data_off,
         data_len: stored,
     });
-    e.member = member;
     e.data_off = data_off;
     e.size = if kind == Kind::File { stored } else { 0 };
     if kind == Kind::Dir && tf == b'D' {
