@@ -145,11 +145,12 @@ pub fn analyze(stack: &Stack, top: usize) -> Report {
             if e.kind() != libc::S_IFREG || e.has(F_HARDLINK) || e.is_whiteout() {
                 continue;
             }
-            lr.stored.add(1, e.size);
+            let size = idx.size(EntryId(id as u32));
+            lr.stored.add(1, size);
             if !seen[id] {
-                lr.shadowed.add(1, e.size);
+                lr.shadowed.add(1, size);
                 if top > 0 {
-                    heap.push(std::cmp::Reverse((e.size, i as u16, id as u32)));
+                    heap.push(std::cmp::Reverse((size, i as u16, id as u32)));
                     if heap.len() > top {
                         heap.pop();
                     }
@@ -268,7 +269,7 @@ fn subtree(stack: &Stack, m: &Merged) -> (u64, u64) {
     let e = stack.rec(m.top);
     if !m.is_dir() {
         let bytes = if e.kind() == libc::S_IFREG && !e.has(F_HARDLINK) {
-            e.size
+            stack.meta(m.top).size
         } else {
             0
         };
@@ -285,7 +286,7 @@ fn subtree(stack: &Stack, m: &Merged) -> (u64, u64) {
                     pending.push(c);
                 }
             } else if e.kind() == libc::S_IFREG && !e.has(F_HARDLINK) {
-                b += e.size;
+                b += stack.meta(d.entry).size;
             }
         }
     }
@@ -333,7 +334,7 @@ fn walk(
         if !implicit {
             lr.entries += 1;
             let bytes = if e.kind() == libc::S_IFREG && !e.has(F_HARDLINK) {
-                e.size
+                idx.size(c)
             } else {
                 0
             };
@@ -424,9 +425,9 @@ fn dive(stack: &Stack) -> Dive {
     dive_dir(stack, &roots, b"", &mut acc);
     for (i, l) in stack.layers().iter().enumerate().skip(1) {
         let _ = i;
-        for e in &l.index.entries {
+        for (id, e) in l.index.entries.iter().enumerate() {
             if e.kind() == libc::S_IFREG && !e.has(F_HARDLINK) {
-                acc.user += e.size;
+                acc.user += l.index.size(EntryId(id as u32));
             }
         }
     }
@@ -484,7 +485,7 @@ fn dive_dir(stack: &Stack, dirs: &[(usize, EntryId)], rel: &[u8], acc: &mut Dive
             let size = if e.is_whiteout() {
                 whiteout_size(stack, i, &[rel, b"/", name].concat())
             } else if e.kind() == libc::S_IFREG {
-                e.size
+                idx.size(c)
             } else {
                 0
             };

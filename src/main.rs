@@ -843,7 +843,7 @@ struct Counts {
 impl Counts {
     fn of(idx: &tar::LayerIndex) -> Counts {
         let mut c = Counts::default();
-        for e in &idx.entries {
+        for (id, e) in idx.entries.iter().enumerate() {
             if e.has(tar::index::F_DETACHED) {
                 continue;
             }
@@ -854,7 +854,7 @@ impl Counts {
             } else {
                 *c.kinds.entry(report::type_word(e.mode())).or_default() += 1;
                 if e.kind() == libc::S_IFREG {
-                    c.data += e.size;
+                    c.data += idx.size(tar::EntryId(id as u32));
                 }
             }
         }

@@ -46,6 +46,7 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
     let idx = stack.index(top);
     let ino = idx.inode_of(top.entry);
     let e = idx.entry(ino);
+    let mt = idx.meta(ino);
     let x = idx.extra(ino);
     let mut o = Map::new();
     o.insert("path".into(), String::from_utf8_lossy(path).into());
@@ -54,12 +55,11 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
     }
     o.insert("type".into(), type_word(e.mode()).into());
     o.insert("mode".into(), (e.mode() & 0o7777).into());
-    o.insert("uid".into(), e.uid.into());
-    o.insert("gid".into(), e.gid.into());
-    let size = if e.is_dir() { 0 } else { e.size };
-    o.insert("size".into(), size.into());
-    o.insert("mtime".into(), e.mtime.into());
-    o.insert("mtime_nsec".into(), idx.mtime_nsec(ino).into());
+    o.insert("uid".into(), mt.uid.into());
+    o.insert("gid".into(), mt.gid.into());
+    o.insert("size".into(), mt.size.into());
+    o.insert("mtime".into(), mt.mtime.into());
+    o.insert("mtime_nsec".into(), mt.mtime_nsec.into());
     o.insert("layer".into(), top.layer.0.into());
     match e.mode() & libc::S_IFMT {
         libc::S_IFLNK => {
@@ -69,7 +69,7 @@ pub fn json_entry(stack: &Stack, path: &[u8], m: &Merged) -> Value {
             o.insert("rdev".into(), json!([x.rdev.0, x.rdev.1]));
         }
         libc::S_IFREG => {
-            o.insert("nlink".into(), e.count.into());
+            o.insert("nlink".into(), mt.nlink.into());
         }
         _ => {}
     }
@@ -187,6 +187,7 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
     let idx = stack.index(top);
     let ino = idx.inode_of(top.entry);
     let e = idx.entry(ino);
+    let mt = idx.meta(ino);
     let layer_name = &stack.layer(top.layer).label;
     let size = match e.mode() & libc::S_IFMT {
         libc::S_IFCHR | libc::S_IFBLK => {
@@ -194,15 +195,15 @@ pub fn human_line(stack: &Stack, path: &[u8], m: &Merged) -> String {
             format!("{a},{b}")
         }
         libc::S_IFDIR => "-".to_owned(),
-        _ => e.size.to_string(),
+        _ => mt.size.to_string(),
     };
     let mut line = format!(
         "{} {:>5}/{:<5} {:>10} {}  {}:{:<12} {}",
         mode_string(e.mode()),
-        e.uid,
-        e.gid,
+        mt.uid,
+        mt.gid,
         size,
-        format_time(e.mtime),
+        format_time(mt.mtime),
         top.layer.0,
         layer_name,
         String::from_utf8_lossy(path).escape_debug()

@@ -154,7 +154,7 @@ fn random_reads_at_every_checkpoint_boundary_return_the_right_bytes() {
     ] {
         let l = open(&d.path().join(name), 64 << 10, None);
         assert_eq!(l.blob().encoding(), kind);
-        let base = l.index.entry(l.index.lookup_path(b"big").unwrap()).data_off;
+        let base = l.index.meta(l.index.lookup_path(b"big").unwrap()).data_off;
         let starts: Vec<u64> = match l.blob() {
             Decoded::Gzip(c) => c.table.checkpoints.iter().map(|c| c.out_off).collect(),
             Decoded::Zstd(c) => c.table.frames.iter().map(|f| f.out_off).collect(),

@@ -181,7 +181,7 @@ impl Env {
             let rec = stack.rec(m.top);
             let mut line = String::from_utf8_lossy(&p).into_owned();
             if rec.kind() == libc::S_IFREG {
-                let mut buf = vec![0u8; rec.size as usize];
+                let mut buf = vec![0u8; stack.meta(m.top).size as usize];
                 stack
                     .layer(m.top.layer)
                     .read(m.top.entry, 0, &mut buf)

@@ -13,7 +13,7 @@ use unionfs::tar::index::{
 };
 use unionfs::tar::{persist, scan, IndexOptions, TarLayer};
 use util::{
-    field, find, id, index_tar, listing, nsec, open_bytes, read_all, rec, Hdr, Sparse, Tar,
+    field, find, id, index_tar, listing, meta, nsec, open_bytes, read_all, rec, Hdr, Sparse, Tar,
 };
 
 fn names(idx: &LayerIndex, dir: EntryId) -> Vec<Vec<u8>> {
@@ -64,14 +64,14 @@ fn ustar_entries_of_every_kind() {
             "usr/share/doc =1",
         ]
     );
-    let etc = rec(&idx, "etc");
-    assert_eq!(etc.mode(), libc::S_IFDIR | 0o750);
+    let etc = meta(&idx, "etc");
+    assert_eq!(etc.mode, libc::S_IFDIR | 0o750);
     assert_eq!((etc.uid, etc.gid, etc.mtime), (12, 34, 1_600_000_000));
-    assert!(!etc.has(F_IMPLICIT));
+    assert!(!rec(&idx, "etc").has(F_IMPLICIT));
     assert_eq!(rec(&idx, "etc/passwd").mode(), libc::S_IFREG | 0o4711);
     assert_eq!(rec(&idx, "etc/lnk").mode(), libc::S_IFLNK | 0o777);
     assert_eq!(
-        rec(&idx, "etc/lnk").size,
+        meta(&idx, "etc/lnk").size,
         10,
         "symlink size is the target length"
     );
@@ -182,21 +182,21 @@ fn pax_path_linkpath_size_ids_and_mtime() {
     .file("after", b"!");
     let tar = t.finish();
     let idx = index_tar(&tar);
-    let f = rec(&idx, &long);
+    let f = meta(&idx, &long);
     assert_eq!((f.uid, f.gid), (3_000_000_000, 2_097_152));
     assert_eq!((f.mtime, nsec(&idx, &long)), (1_700_000_000, 123_456_789));
     assert_eq!(f.size, 5);
     assert_eq!(idx.extra(id(&idx, "sym")).link, "l".repeat(200).as_bytes());
-    let old = rec(&idx, "old");
+    let old = meta(&idx, "old");
     assert_eq!(
         (old.mtime, nsec(&idx, "old")),
         (-2, 750_000_000),
         "-1.25 s is 2 s before the epoch plus 0.75 s"
     );
-    assert_eq!((rec(&idx, "older").mtime, nsec(&idx, "older")), (-7, 0));
+    assert_eq!((meta(&idx, "older").mtime, nsec(&idx, "older")), (-7, 0));
     assert_eq!(nsec(&idx, "frac"), 500_000_000);
     // Local records do not leak into the next entry.
-    let after = rec(&idx, "after");
+    let after = meta(&idx, "after");
     assert_eq!((after.uid, after.mtime, nsec(&idx, "after")), (0, 0, 0));
     let layer = open_bytes(&tar);
     assert_eq!(read_all(&layer, id(&layer.index, &long)), b"hello");
@@ -220,7 +220,7 @@ fn tar_crate_pax_extensions() {
     let tar = b.into_inner().unwrap();
     let idx = index_tar(&tar);
     assert_eq!(listing(&idx), ["pax/", "pax/name =2"]);
-    let e = rec(&idx, "pax/name");
+    let e = meta(&idx, "pax/name");
     assert_eq!((e.mtime, nsec(&idx, "pax/name")), (1, 1));
     assert_eq!(
         idx.extra(id(&idx, "pax/name")).xattrs,
@@ -242,7 +242,7 @@ fn pax_global_headers_apply_to_every_following_entry_until_overridden() {
         .file("g3", b"");
     let idx = index_tar(&t.finish());
     let ids = |p: &str| {
-        let e = rec(&idx, p);
+        let e = meta(&idx, p);
         (e.uid, e.mtime, nsec(&idx, p))
     };
     assert_eq!(ids("before"), (0, 0, 0));
@@ -267,7 +267,7 @@ fn of_several_pax_headers_in_a_row_the_last_applies() {
         .entry(Hdr::ustar("header-name", b'0', 0).uid(9), b"");
     let idx = index_tar(&t.finish());
     assert_eq!(listing(&idx), ["final =0"]);
-    let e = rec(&idx, "final");
+    let e = meta(&idx, "final");
     assert_eq!(
         (e.uid, e.gid, e.mtime),
         (9, 0, 0),
@@ -280,7 +280,7 @@ fn of_several_pax_headers_in_a_row_the_last_applies() {
         .file("name", b"");
     let idx = index_tar(&t.finish());
     assert_eq!(listing(&idx), ["solaris =0"]);
-    assert_eq!(rec(&idx, "solaris").uid, 4);
+    assert_eq!(meta(&idx, "solaris").uid, 4);
 }
 
 #[test]
@@ -301,7 +301,7 @@ fn malformed_pax_time_or_owner_keeps_the_header_value_with_a_warning() {
             .entry(Hdr::ustar("f", b'0', 0).uid(7).gid(8).mtime(9), b"");
         let tar = t.finish();
         let idx = index_tar(&tar);
-        let e = rec(&idx, "f");
+        let e = meta(&idx, "f");
         assert_eq!((e.uid, e.gid, e.mtime), (7, 8, 9), "{k}={v:?}");
         assert_eq!(idx.warnings.len(), 1, "{k}={v:?}: {:?}", idx.warnings);
         let w = &idx.warnings[0];
@@ -337,7 +337,7 @@ fn pax_mtime_is_read_as_gnu_tar_reads_it() {
         t.pax(&[("mtime", v)])
             .entry(Hdr::ustar("f", b'0', 0).mtime(9), b"");
         let idx = index_tar(&t.finish());
-        let e = rec(&idx, "f");
+        let e = meta(&idx, "f");
         let shown = String::from_utf8_lossy(v);
         assert_eq!((e.mtime, nsec(&idx, "f")), want, "mtime={shown:?}");
         assert_eq!(
@@ -418,7 +418,7 @@ fn uid_or_gid_minus_one_is_the_extracting_root() {
     .pax(&[("uid", b"4294967294")])
     .file("just-below", b"");
     let idx = index_tar(&t.finish());
-    let ids = |p: &str| (rec(&idx, p).uid, rec(&idx, p).gid);
+    let ids = |p: &str| (meta(&idx, p).uid, meta(&idx, p).gid);
     assert_eq!(ids("both"), (0, 0));
     assert_eq!(ids("gid-only"), (7, 0));
     assert_eq!(ids("pax-uid"), (0, 8));
@@ -488,7 +488,7 @@ fn base_256_numbers() {
     .file("next", b"n");
     let tar = t.finish();
     let idx = index_tar(&tar);
-    let e = rec(&idx, "big");
+    let e = meta(&idx, "big");
     assert_eq!(
         (e.size, e.uid, e.gid, e.mtime),
         (1000, 4_000_000_000, 0o100000000, -100)
@@ -653,8 +653,8 @@ fn hard_links_share_an_inode_and_count_links() {
         assert_eq!(idx.inode_of(l), a, "{p}");
     }
     assert_eq!(idx.inode_of(a), a);
-    assert_eq!(idx.entry(a).count, 3, "nlink of a");
-    assert_eq!(rec(&idx, "z").count, 1, "nlink of z");
+    assert_eq!(idx.meta(a).nlink, 3, "nlink of a");
+    assert_eq!(meta(&idx, "z").nlink, 1, "nlink of z");
     let layer = open_bytes(&tar);
     assert_eq!(read_all(&layer, id(&layer.index, "dir/c")), b"one");
 }
@@ -675,9 +675,9 @@ fn hard_link_keeps_the_old_content_when_its_target_path_is_replaced() {
     assert_eq!(read_all(&layer, c), b"new");
     assert_ne!(idx.inode_of(b), a);
     assert_eq!(idx.inode_of(c), a);
-    assert_eq!(idx.entry(a).count, 2, "a and c");
+    assert_eq!(idx.meta(a).nlink, 2, "a and c");
     assert_eq!(
-        idx.entry(idx.inode_of(b)).count,
+        idx.meta(idx.inode_of(b)).nlink,
         1,
         "only b names the old inode"
     );
@@ -750,8 +750,8 @@ fn directory_over_directory_keeps_children_and_takes_new_metadata() {
         .file("d/new", b"n");
     let idx = index_tar(&t.finish());
     assert_eq!(listing(&idx), ["d/", "d/keep =1", "d/new =1"]);
-    let d = rec(&idx, "d");
-    assert_eq!((d.mode(), d.uid, d.mtime), (libc::S_IFDIR | 0o751, 2, 99));
+    let d = meta(&idx, "d");
+    assert_eq!((d.mode, d.uid, d.mtime), (libc::S_IFDIR | 0o751, 2, 99));
 }
 
 #[test]
@@ -779,10 +779,10 @@ fn missing_parents_become_implicit_root_owned_0755_directories() {
     let idx = index_tar(&t.finish());
     assert_eq!(listing(&idx), ["a/", "a/b/", "a/b/c =0"]);
     for p in ["a", "a/b"] {
-        let e = rec(&idx, p);
-        assert_eq!(e.mode(), libc::S_IFDIR | 0o755, "{p}");
+        let e = meta(&idx, p);
+        assert_eq!(e.mode, libc::S_IFDIR | 0o755, "{p}");
         assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 0), "{p}");
-        assert!(e.has(F_IMPLICIT), "{p}");
+        assert!(rec(&idx, p).has(F_IMPLICIT), "{p}");
     }
     // A later explicit entry makes it real.
     let mut t = Tar::new();
@@ -790,7 +790,7 @@ fn missing_parents_become_implicit_root_owned_0755_directories() {
         .entry(Hdr::ustar("a", b'5', 0).uid(3), b"");
     let idx = index_tar(&t.finish());
     assert!(!rec(&idx, "a").has(F_IMPLICIT));
-    assert_eq!(rec(&idx, "a").uid, 3);
+    assert_eq!(meta(&idx, "a").uid, 3);
 }
 
 #[test]
@@ -800,8 +800,8 @@ fn root_entry_sets_root_metadata() {
         .file("./f", b"")
         .entry(Hdr::ustar(".", b'0', 0), b"");
     let idx = index_tar(&t.finish());
-    let root = idx.entry(EntryId::ROOT);
-    assert_eq!((root.mode(), root.uid), (libc::S_IFDIR | 0o700, 9));
+    let root = idx.meta(EntryId::ROOT);
+    assert_eq!((root.mode, root.uid), (libc::S_IFDIR | 0o700, 9));
     assert_eq!(listing(&idx), ["f =0"]);
     assert_eq!(idx.dropped, 1, "a non-directory named like the root");
 }
@@ -817,7 +817,7 @@ fn whiteouts_are_recorded_as_whiteout_entries() {
     assert_eq!(listing(&idx), ["etc/", "-etc/passwd", "-usr"]);
     let w = find(&idx, b"etc/passwd").unwrap();
     assert!(idx.entry(w).is_whiteout());
-    assert_eq!(idx.entry(w).size, 0);
+    assert_eq!(idx.meta(w).size, 0);
     assert_eq!(
         idx.lookup_path(b"etc/passwd"),
         None,

@@ -159,7 +159,7 @@ fn same_size_rewrite_makes_it_rebuild() {
     let old_mtime = fs::metadata(&fx.tar).unwrap().modified().unwrap();
     // Same length, one byte of file data changed; written in place (same inode).
     let mut bytes = fs::read(&fx.tar).unwrap();
-    let e = built.index.entry(id(&built.index, "usr/bin/tool"));
+    let e = built.index.meta(id(&built.index, "usr/bin/tool"));
     bytes[e.data_off as usize] = b'X';
     fs::write(&fx.tar, &bytes).unwrap();
     // A touched mtime.
@@ -185,7 +185,7 @@ fn same_size_rewrite_with_the_mtime_put_back_makes_it_rebuild() {
     let old_mtime = fs::metadata(&fx.tar).unwrap().modified().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let mut bytes = fs::read(&fx.tar).unwrap();
-    let e = built.index.entry(id(&built.index, "usr/bin/tool"));
+    let e = built.index.meta(id(&built.index, "usr/bin/tool"));
     bytes[e.data_off as usize] = b'Y';
     fs::write(&fx.tar, &bytes).unwrap();
     let f = fs::File::options().write(true).open(&fx.tar).unwrap();
@@ -223,6 +223,7 @@ fn sections(file_len: u64, idx: &LayerIndex) -> Vec<(&'static str, u64, u64)> {
         ),
         ("names", idx.names.len() as u64),
         ("extra", idx.extra.len() as u64),
+        ("owners", (idx.owners.len() * 8) as u64),
         (
             "members",
             (idx.members.len() * std::mem::size_of_val(&idx.members[0])) as u64,
@@ -346,7 +347,7 @@ fn rewrite_within_the_same_clock_tick_is_caught_by_the_racy_checksum() {
     let (fx, built) = fixture();
     let old_mtime = fs::metadata(&fx.tar).unwrap().modified().unwrap();
     let mut bytes = fs::read(&fx.tar).unwrap();
-    let e = built.index.entry(id(&built.index, "usr/bin/tool"));
+    let e = built.index.meta(id(&built.index, "usr/bin/tool"));
     bytes[e.data_off as usize] = b'Z';
     fs::write(&fx.tar, &bytes).unwrap();
     let f = fs::File::options().write(true).open(&fx.tar).unwrap();

@@ -372,9 +372,9 @@ fn shown(s: &Stack, path: &str) -> Shown {
     (
         m.top.layer.0,
         e.mode(),
-        e.uid,
-        e.gid,
-        e.mtime,
+        s.meta(m.top).uid,
+        s.meta(m.top).gid,
+        s.meta(m.top).mtime,
         tag,
         e.has(F_IMPLICIT),
     )

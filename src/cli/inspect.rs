@@ -333,6 +333,8 @@ pub fn versions(layers: &LayerArgs, path: &str, json: bool) -> Result<ExitCode> 
             entry: id,
         };
         let e = idx.entry(id);
+        // A hard link shows its inode's metadata (its own record has none).
+        let mt = idx.meta(idx.inode_of(id));
         let is_shown = shown
             .as_ref()
             .is_some_and(|m| m.top == r || (m.is_dir() && m.dirs.contains(&r)));
@@ -363,10 +365,10 @@ pub fn versions(layers: &LayerArgs, path: &str, json: bool) -> Result<ExitCode> 
                     "type": what,
                     "opaque": opaque,
                     "mode": e.mode() & 0o7777,
-                    "uid": e.uid,
-                    "gid": e.gid,
-                    "size": e.size,
-                    "mtime": e.mtime,
+                    "uid": mt.uid,
+                    "gid": mt.gid,
+                    "size": mt.size,
+                    "mtime": mt.mtime,
                     "hard_link": e.has(F_HARDLINK),
                     "link": link,
                     "sha256": digest,
@@ -379,9 +381,9 @@ pub fn versions(layers: &LayerArgs, path: &str, json: bool) -> Result<ExitCode> 
                 line += &format!(
                     "  {} {}/{} {:>10}",
                     report::mode_string(e.mode()),
-                    e.uid,
-                    e.gid,
-                    e.size
+                    mt.uid,
+                    mt.gid,
+                    mt.size
                 );
             }
             if opaque {

@@ -224,7 +224,7 @@ impl Walker<'_> {
             layer: r.layer,
             entry: idx.inode_of(r.entry),
         };
-        let nlink = u64::from(idx.entry(inode.entry).count.max(1));
+        let nlink = u64::from(idx.meta(inode.entry).nlink.max(1));
         if self
             .links
             .link_or_first(Inode::Lower(inode), nlink, &mut entry)

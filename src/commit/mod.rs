@@ -285,6 +285,7 @@ impl UpperObject {
 /// shows for it. Hard links are the caller's business.
 pub(crate) fn lower_entry(stack: &Stack, r: LayerRef, path: Vec<u8>) -> Entry {
     let e = stack.rec(r);
+    let m = stack.meta(r);
     let idx = stack.index(r);
     let x = idx.extra(idx.inode_of(r.entry));
     let kind = match e.kind() {
@@ -302,7 +303,7 @@ pub(crate) fn lower_entry(stack: &Stack, r: LayerRef, path: Vec<u8>) -> Entry {
         _ => EntryKind::File,
     };
     let size = if matches!(kind, EntryKind::File) {
-        e.size
+        m.size
     } else {
         0
     };
@@ -317,9 +318,9 @@ pub(crate) fn lower_entry(stack: &Stack, r: LayerRef, path: Vec<u8>) -> Entry {
         path,
         kind,
         mode: e.mode() & 0o7777,
-        uid: e.uid,
-        gid: e.gid,
-        mtime: e.mtime,
+        uid: m.uid,
+        gid: m.gid,
+        mtime: m.mtime,
         size,
         xattrs,
     }
@@ -347,7 +348,7 @@ pub(crate) fn upper_data<'a>(
     };
     let origin = stack.and_then(|s| crate::overlay::metacopy::find_origin(s, labels, marker));
     match (stack, origin) {
-        (Some(s), Some(r)) if s.rec(r).size == obj.entry.size => {
+        (Some(s), Some(r)) if s.meta(r).size == obj.entry.size => {
             Ok(Box::new(LowerReader::new(s, r)))
         }
         (Some(_), Some(_)) => Err(Error::io(

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::stack::{LayerRef, Stack};
-use crate::tar::EntryRec;
+use crate::tar::index::Meta;
 
 /// The block size reported in `st_blksize`.
 pub const BLKSIZE: u32 = 4096;
@@ -66,13 +66,13 @@ pub fn rdev(major: u32, minor: u32) -> u32 {
 /// Attributes of the object `r` (its inode record), shown as inode `ino`.
 /// `dir_nlink` is the link count of a directory (see `inode::DirNode`).
 pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileAttr {
-    let e: &EntryRec = stack.rec(r);
+    let m: Meta = stack.meta(r);
     let idx = stack.index(r);
-    let kind = file_type(e.mode());
+    let kind = file_type(m.mode);
     let (size, blocks, nlink) = match kind {
         FileType::Directory => (4096, 8, dir_nlink.unwrap_or(2)),
-        FileType::RegularFile => (e.size, stack.stored_blocks(r), e.count.max(1)),
-        _ => (e.size, 0, e.count.max(1)),
+        FileType::RegularFile => (m.size, stack.stored_blocks(r), m.nlink.max(1)),
+        _ => (m.size, 0, m.nlink.max(1)),
     };
     let dev = match kind {
         FileType::CharDevice | FileType::BlockDevice => {
@@ -81,7 +81,7 @@ pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileA
         }
         _ => 0,
     };
-    let t = system_time(e.mtime, stack.mtime_nsec(r));
+    let t = system_time(m.mtime, m.mtime_nsec);
     FileAttr {
         ino: INodeNo(ino),
         size,
@@ -91,10 +91,10 @@ pub fn of(stack: &Stack, r: LayerRef, ino: u64, dir_nlink: Option<u32>) -> FileA
         ctime: t,
         crtime: t,
         kind,
-        perm: (e.mode() & 0o7777) as u16,
+        perm: (m.mode & 0o7777) as u16,
         nlink,
-        uid: e.uid,
-        gid: e.gid,
+        uid: m.uid,
+        gid: m.gid,
         rdev: dev,
         blksize: BLKSIZE,
         flags: 0,

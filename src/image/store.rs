@@ -271,7 +271,8 @@ impl Store for ArchiveStore {
             ));
         }
         debug_assert!(!rec.has(F_HARDLINK));
-        Ok(Some(Blob::range(self.file.clone(), rec.data_off, rec.size)))
+        let m = idx.meta(ino);
+        Ok(Some(Blob::range(self.file.clone(), m.data_off, m.size)))
     }
 }
 

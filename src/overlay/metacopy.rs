@@ -152,7 +152,7 @@ impl Overlay {
             .then_some(extra.sparse.as_slice());
         let layer = self.stack.layer(origin.layer);
         let data = |off: u64, buf: &mut [u8]| layer.read(origin.entry, off, buf);
-        crate::upper::copy_up::copy_data(f, &data, rec.size, sparse)?;
+        crate::upper::copy_up::copy_data(f, &data, self.stack.meta(origin).size, sparse)?;
         if !self.upper.is_volatile() {
             crate::sys::fsync(f.as_fd(), true)?;
         }

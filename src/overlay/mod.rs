@@ -322,9 +322,7 @@ impl Overlay {
                     let mut m = Groups::new();
                     for (i, e) in idx.entries.iter().enumerate() {
                         if e.has(crate::tar::index::F_HARDLINK) {
-                            m.entry(e.link)
-                                .or_insert_with(|| vec![e.link])
-                                .push(i as u32);
+                            m.entry(e.pos).or_insert_with(|| vec![e.pos]).push(i as u32);
                         }
                     }
                     Arc::new(m)
@@ -705,14 +703,14 @@ fn name_ino(r: LayerRef) -> u64 {
 /// The `lstat` the read-only mount reports for a lower object.
 fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
     let r = m.top;
-    let e = stack.rec(r);
+    let e = stack.meta(r);
     let idx = stack.index(r);
     // SAFETY: all-zero is a valid `libc::stat`.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    st.st_mode = e.mode();
+    st.st_mode = e.mode;
     st.st_uid = e.uid;
     st.st_gid = e.gid;
-    let nsec = i64::from(stack.mtime_nsec(r));
+    let nsec = i64::from(e.mtime_nsec);
     st.st_mtime = e.mtime;
     st.st_mtime_nsec = nsec;
     st.st_atime = e.mtime;
@@ -720,7 +718,7 @@ fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
     st.st_ctime = e.mtime;
     st.st_ctime_nsec = nsec;
     st.st_blksize = 4096;
-    match e.kind() {
+    match e.mode & libc::S_IFMT {
         libc::S_IFDIR => {
             st.st_size = 4096;
             st.st_blocks = 8;
@@ -729,16 +727,16 @@ fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
         libc::S_IFREG => {
             st.st_size = e.size as i64;
             st.st_blocks = stack.stored_blocks(r) as i64;
-            st.st_nlink = u64::from(e.count.max(1));
+            st.st_nlink = u64::from(e.nlink.max(1));
         }
         libc::S_IFCHR | libc::S_IFBLK => {
             let (a, b) = idx.extra(idx.inode_of(r.entry)).rdev;
             st.st_rdev = libc::makedev(a, b);
-            st.st_nlink = u64::from(e.count.max(1));
+            st.st_nlink = u64::from(e.nlink.max(1));
         }
         _ => {
             st.st_size = e.size as i64;
-            st.st_nlink = u64::from(e.count.max(1));
+            st.st_nlink = u64::from(e.nlink.max(1));
         }
     }
     st
@@ -746,12 +744,12 @@ fn lower_stat(stack: &Stack, m: &Merged) -> libc::stat {
 
 /// The metadata of a lower object to reproduce on copy-up.
 fn lower_meta(stack: &Stack, r: LayerRef) -> Meta {
-    let e = stack.rec(r);
+    let e = stack.meta(r);
     let idx = stack.index(r);
     let x = idx.extra(idx.inode_of(r.entry));
-    let nsec = stack.mtime_nsec(r);
+    let nsec = e.mtime_nsec;
     Meta {
-        mode: e.mode() & 0o7777,
+        mode: e.mode & 0o7777,
         uid: e.uid,
         gid: e.gid,
         atime: (e.mtime, nsec),

@@ -100,7 +100,7 @@ impl Nodes {
         let idx = self.stack.index(r);
         let e = idx.entry(r.entry);
         idx.inode_of(r.entry) == r.entry
-            && (e.is_dir() || e.count <= 1)
+            && (e.is_dir() || idx.meta(r.entry).nlink <= 1)
             && !e.has(crate::tar::index::F_DETACHED)
     }
 

@@ -203,7 +203,7 @@ impl Overlay {
                 };
                 let with_data = how == How::Data || (how == How::Meta && marker.is_none());
                 let size = if with_data || marker.is_some() {
-                    rec.size
+                    self.stack.meta(top).size
                 } else {
                     0
                 };

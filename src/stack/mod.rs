@@ -58,7 +58,7 @@ mod readdir;
 
 pub use readdir::DirEntry;
 
-use crate::tar::index::{EntryRec, LayerIndex, F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE};
+use crate::tar::index::{EntryRec, LayerIndex, Meta, F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE};
 use crate::tar::{EntryId, TarLayer};
 
 /// A layer's position in the `--layers` list (bottom first).
@@ -165,11 +165,10 @@ impl Stack {
         idx.entry(idx.inode_of(r.entry))
     }
 
-    /// The nanoseconds of the mtime of `r` (of its inode: a hard link's
-    /// target).
-    pub fn mtime_nsec(&self, r: LayerRef) -> u32 {
+    /// The metadata of `r` (of its inode: a hard link's target).
+    pub fn meta(&self, r: LayerRef) -> Meta {
         let idx = self.index(r);
-        idx.mtime_nsec(idx.inode_of(r.entry))
+        idx.meta(idx.inode_of(r.entry))
     }
 
     /// `st_blocks` (512-byte units) of the regular file `r`: its data, without
@@ -184,7 +183,7 @@ impl Stack {
                 .map(|&(_, l)| l)
                 .sum()
         } else {
-            e.size
+            self.meta(r).size
         };
         stored.div_ceil(512)
     }

@@ -12,16 +12,55 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 
 use super::index::{
-    normalize, EntryRec, LayerIndex, F_DETACHED, F_HARDLINK, F_HIDES_LOWER, F_IMPLICIT, F_NSEC,
-    F_OPAQUE, F_SPARSE, F_XATTRS, KIND_WHITEOUT, MAX_WARNINGS, NONE,
+    normalize, EntryRec, LayerIndex, F_DETACHED, F_HARDLINK, F_HIDES_LOWER, F_IMPLICIT, F_OPAQUE,
+    F_SPARSE, F_WIDE, F_XATTRS, KIND_WHITEOUT, MAX_WARNINGS, NONE, OWNER_WIDE, W_DATA, W_MTIME,
+    W_NLINK, W_NSEC, W_OWNER, W_SIZE,
 };
 use super::scan::{Kind, Member, RawEntry};
 use crate::whiteout::{self, Class};
 
+/// An entry while it is built: every field at full width. `finish` packs
+/// it into an [`EntryRec`], with what does not fit as wide fields.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rec {
+    size: u64,
+    data_off: u64,
+    mtime: i64,
+    nsec: u32,
+    mode16: u16,
+    name_len: u8,
+    flags: u8,
+    uid: u32,
+    gid: u32,
+    parent: u32,
+    name_off: u32,
+    /// Directories: first child; hard links: the target.
+    link: u32,
+    /// Directories: number of children; others: link count.
+    count: u32,
+    /// This entry's extra data in the builder's blob: offset ([`NONE`] for
+    /// none) and length. `finish` copies it into the index's blob, after the
+    /// entry's wide fields.
+    extra: u32,
+    extra_len: u32,
+}
+
+impl Rec {
+    fn kind(&self) -> u32 {
+        u32::from(self.mode16) & libc::S_IFMT
+    }
+    fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    fn is_whiteout(&self) -> bool {
+        u32::from(self.mode16) == KIND_WHITEOUT
+    }
+}
+
 /// A node being built: the future record plus bookkeeping.
 #[derive(Clone, Copy)]
 struct Node {
-    rec: EntryRec,
+    rec: Rec,
     /// Hard links: the node holding the inode.
     target: u32,
     /// Next node in the same (parent, hash) bucket.
@@ -62,12 +101,12 @@ impl Default for Builder {
     }
 }
 
-fn dir_rec(mode: u32) -> EntryRec {
-    EntryRec {
+fn dir_rec(mode: u32) -> Rec {
+    Rec {
         mode16: (libc::S_IFDIR | (mode & 0o7777)) as u16,
         extra: NONE,
         link: NONE,
-        ..EntryRec::default()
+        ..Rec::default()
     }
 }
 
@@ -82,7 +121,7 @@ fn mode_bits(kind: Kind) -> u32 {
     }
 }
 
-fn kind_word(rec: &EntryRec) -> &'static str {
+fn kind_word(rec: &Rec) -> &'static str {
     match rec.kind() {
         libc::S_IFLNK => "symlink",
         libc::S_IFDIR => "directory",
@@ -163,7 +202,7 @@ impl Builder {
     }
 
     /// Creates a node named `name` under `parent` (the caller retired any old one).
-    fn insert(&mut self, parent: u32, name: &[u8], mut rec: EntryRec, target: u32) -> u32 {
+    fn insert(&mut self, parent: u32, name: &[u8], mut rec: Rec, target: u32) -> u32 {
         let id = self.nodes.len() as u32;
         rec.parent = parent;
         rec.name_off = self.names.len() as u32;
@@ -203,13 +242,14 @@ impl Builder {
     }
 
     /// Encodes `raw`'s metadata and extra data into a record (no name yet).
-    fn record(&mut self, raw: &RawEntry) -> EntryRec {
+    fn record(&mut self, raw: &RawEntry) -> Rec {
         let kind = raw.kind.unwrap_or(Kind::File);
         let (uid, gid) = self.owner(raw);
-        let mut rec = EntryRec {
+        let mut rec = Rec {
             size: if kind == Kind::File { raw.size } else { 0 },
             data_off: if kind == Kind::File { raw.data_off } else { 0 },
             mtime: raw.mtime,
+            nsec: raw.mtime_nsec,
             // Linux symlinks have no permissions of their own: lstat shows 0777.
             mode16: match kind {
                 Kind::Symlink => libc::S_IFLNK | 0o777,
@@ -220,20 +260,16 @@ impl Builder {
             link: NONE,
             count: 0,
             extra: NONE,
-            ..EntryRec::default()
+            ..Rec::default()
         };
         let sparse = raw.sparse.as_ref().filter(|_| kind == Kind::File);
         let special = matches!(kind, Kind::Symlink | Kind::Char | Kind::Block);
-        let nsec = raw.mtime_nsec != 0;
-        if !(nsec || special || !raw.xattrs.is_empty() || sparse.is_some()) {
+        if !(special || !raw.xattrs.is_empty() || sparse.is_some()) {
             return rec;
         }
-        rec.extra = self.extra.len() as u32;
+        let start = self.extra.len();
+        rec.extra = start as u32;
         let x = &mut self.extra;
-        if nsec {
-            rec.flags |= F_NSEC;
-            put_u32(x, raw.mtime_nsec);
-        }
         if kind == Kind::Symlink {
             put_u32(x, raw.link.len() as u32);
             x.extend_from_slice(&raw.link);
@@ -261,6 +297,7 @@ impl Builder {
                 x.extend_from_slice(&l.to_le_bytes());
             }
         }
+        rec.extra_len = (self.extra.len() - start) as u32;
         rec
     }
 
@@ -338,7 +375,7 @@ impl Builder {
     }
 
     /// Places a real entry at parent/name, replacing what was there.
-    fn put(&mut self, parent: u32, name: &[u8], mut rec: EntryRec, target: u32) {
+    fn put(&mut self, parent: u32, name: &[u8], mut rec: Rec, target: u32) {
         if let Some(old) = self.child(parent, name) {
             let o = self.nodes[old as usize];
             if o.is_whiteout() {
@@ -373,12 +410,12 @@ impl Builder {
             self.nodes[old as usize].rec.flags |= F_HIDES_LOWER;
             return;
         }
-        let rec = EntryRec {
+        let rec = Rec {
             mode16: KIND_WHITEOUT as u16,
             mtime: raw.mtime,
             link: NONE,
             extra: NONE,
-            ..EntryRec::default()
+            ..Rec::default()
         };
         self.insert(parent, target, rec, NONE);
     }
@@ -404,12 +441,12 @@ impl Builder {
                 return; // a link to itself: already the same inode
             }
         }
-        let rec = EntryRec {
+        let rec = Rec {
             mode16: libc::S_IFREG as u16,
             link: NONE,
             extra: NONE,
             flags: F_HARDLINK,
-            ..EntryRec::default()
+            ..Rec::default()
         };
         self.put(parent, name, rec, t);
     }
@@ -506,6 +543,12 @@ impl Builder {
             }
         }
         let mut entries = Vec::with_capacity(order.len());
+        let mut pack = Packer {
+            body: &extra,
+            extra: Vec::with_capacity(extra.len()),
+            owners: Vec::new(),
+            owner_ids: HashMap::new(),
+        };
         for (pos, &n) in order.iter().enumerate() {
             let node = &nodes[n as usize];
             let mut rec = node.rec;
@@ -527,19 +570,278 @@ impl Builder {
             } else if !rec.is_whiteout() {
                 rec.count = nlink[n as usize];
             }
-            entries.push(rec);
+            entries.push(pack.pack(&rec));
         }
+        let Packer { extra, owners, .. } = pack;
         scan_warnings.extend(warnings);
         scan_warnings.truncate(MAX_WARNINGS);
         LayerIndex {
             entries,
             names,
             extra,
+            owners,
             members,
             end_off,
             tar_size,
             dropped,
             warnings: scan_warnings,
         }
+    }
+}
+
+/// Packs full-width records into [`EntryRec`]s, building the index's extra
+/// blob (wide fields, then the entry's own extra data) and owner table.
+struct Packer<'a> {
+    /// The builder's extra blob.
+    body: &'a [u8],
+    extra: Vec<u8>,
+    owners: Vec<[u32; 2]>,
+    owner_ids: HashMap<(u32, u32), u16>,
+}
+
+impl Packer<'_> {
+    fn pack(&mut self, r: &Rec) -> EntryRec {
+        let mut wide: Vec<(u32, u64)> = Vec::new();
+        if r.nsec != 0 {
+            wide.push((W_NSEC, u64::from(r.nsec)));
+        }
+        let mtime32 = match u32::try_from(r.mtime) {
+            Ok(t) => t,
+            Err(_) => {
+                wide.push((W_MTIME, r.mtime as u64));
+                0
+            }
+        };
+        let kind = r.kind();
+        let reg = kind == libc::S_IFREG && r.flags & F_HARDLINK == 0;
+        let (mut pos, mut len) = (r.link, r.count);
+        if reg || kind == libc::S_IFLNK {
+            len = match u32::try_from(r.size) {
+                Ok(s) => s,
+                Err(_) => {
+                    wide.push((W_SIZE, r.size));
+                    0
+                }
+            };
+        }
+        if reg {
+            pos = match u32::try_from(r.data_off / 512) {
+                Ok(b) if r.data_off % 512 == 0 => b,
+                _ => {
+                    wide.push((W_DATA, r.data_off));
+                    0
+                }
+            };
+        }
+        let mut nlink16 = 0;
+        if !r.is_dir() && !r.is_whiteout() && r.flags & F_HARDLINK == 0 {
+            nlink16 = match u16::try_from(r.count) {
+                Ok(c) if c != u16::MAX => c,
+                _ => {
+                    wide.push((W_NLINK, u64::from(r.count)));
+                    0
+                }
+            };
+            if !reg && kind != libc::S_IFLNK {
+                len = 0;
+            }
+        }
+        let owner = match self.owner_ids.get(&(r.uid, r.gid)) {
+            Some(&o) => o,
+            None if self.owners.len() < usize::from(OWNER_WIDE) => {
+                let o = self.owners.len() as u16;
+                self.owners.push([r.uid, r.gid]);
+                self.owner_ids.insert((r.uid, r.gid), o);
+                o
+            }
+            None => {
+                wide.push((W_OWNER, u64::from(r.uid) | u64::from(r.gid) << 32));
+                OWNER_WIDE
+            }
+        };
+        let mut flags = r.flags;
+        let mut extra = NONE;
+        if !wide.is_empty() || r.extra != NONE {
+            extra = self.extra.len() as u32;
+        }
+        if !wide.is_empty() {
+            flags |= F_WIDE;
+            let x = &mut self.extra;
+            put_u32(x, wide.iter().map(|w| w.0).fold(0, |a, b| a | b));
+            for (bit, v) in wide {
+                match bit {
+                    W_NSEC | W_NLINK => put_u32(x, v as u32),
+                    W_OWNER => {
+                        put_u32(x, v as u32);
+                        put_u32(x, (v >> 32) as u32);
+                    }
+                    _ => x.extend_from_slice(&v.to_le_bytes()),
+                }
+            }
+        }
+        if r.extra != NONE {
+            let s = r.extra as usize;
+            self.extra
+                .extend_from_slice(&self.body[s..s + r.extra_len as usize]);
+        }
+        EntryRec {
+            parent: r.parent,
+            name_off: r.name_off,
+            pos,
+            len,
+            mtime32,
+            extra,
+            owner,
+            nlink16,
+            mode16: r.mode16,
+            name_len: r.name_len,
+            flags,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tar::index::{Meta, OWNER_WIDE};
+    use crate::tar::persist::validate;
+
+    fn file(path: &str, f: impl FnOnce(&mut RawEntry)) -> RawEntry {
+        let mut r = RawEntry {
+            path: path.as_bytes().to_vec(),
+            kind: Some(Kind::File),
+            mode: 0o644,
+            data_off: 512,
+            ..RawEntry::default()
+        };
+        f(&mut r);
+        r
+    }
+
+    fn build(raws: Vec<RawEntry>) -> LayerIndex {
+        let mut b = Builder::new();
+        for r in raws {
+            b.add(r);
+        }
+        let idx = b.finish(Vec::new(), 0, 0, Vec::new());
+        validate(&idx).expect("a built index is valid");
+        idx
+    }
+
+    fn meta(idx: &LayerIndex, p: &str) -> Meta {
+        let id = idx.lookup_path(p.as_bytes()).expect(p);
+        idx.meta(idx.inode_of(id))
+    }
+
+    #[test]
+    fn values_that_do_not_fit_the_record_come_back_whole() {
+        let idx = build(vec![
+            file("big", |r| {
+                r.size = 5 << 30;
+                r.data_off = 1 << 41; // 2 TiB: past 32 bits of blocks
+            }),
+            file("odd", |r| {
+                r.size = 3;
+                r.data_off = 1000; // not on a block
+            }),
+            file("past", |r| {
+                r.mtime = -5;
+                r.mtime_nsec = 7;
+            }),
+            file("future", |r| r.mtime = 5_000_000_000),
+            file("nsec", |r| {
+                r.mtime = 1_700_000_000;
+                r.mtime_nsec = 999_999_999;
+                r.uid = u32::MAX - 1;
+                r.gid = 1 << 31;
+            }),
+            RawEntry {
+                path: b"sym".to_vec(),
+                kind: Some(Kind::Symlink),
+                link: b"target".to_vec(),
+                mtime: -1,
+                mtime_nsec: 1,
+                xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+                ..RawEntry::default()
+            },
+            file("plain", |r| {
+                r.size = 10;
+                r.data_off = 2048;
+                r.mtime = 1;
+            }),
+        ]);
+        let m = meta(&idx, "big");
+        assert_eq!((m.size, m.data_off), (5 << 30, 1 << 41));
+        let m = meta(&idx, "odd");
+        assert_eq!((m.size, m.data_off), (3, 1000));
+        let m = meta(&idx, "past");
+        assert_eq!((m.mtime, m.mtime_nsec, m.data_off), (-5, 7, 512));
+        assert_eq!(meta(&idx, "future").mtime, 5_000_000_000);
+        let m = meta(&idx, "nsec");
+        assert_eq!(
+            (m.mtime, m.mtime_nsec, m.uid, m.gid),
+            (1_700_000_000, 999_999_999, u32::MAX - 1, 1 << 31)
+        );
+        let id = idx.lookup_path(b"sym").unwrap();
+        let m = idx.meta(id);
+        assert_eq!((m.size, m.mtime, m.mtime_nsec, m.nlink), (6, -1, 1, 1));
+        let x = idx.extra(id);
+        assert_eq!(x.link, b"target");
+        assert_eq!(x.xattrs, vec![(&b"user.k"[..], &b"v"[..])]);
+        assert_eq!(idx.mtime_nsec(id), 1);
+        // Nothing wide: the record alone.
+        let id = idx.lookup_path(b"plain").unwrap();
+        assert!(!idx.entry(id).has(F_WIDE));
+        assert_eq!(idx.entry(id).extra, NONE);
+        let m = idx.meta(id);
+        assert_eq!((m.size, m.data_off, m.mtime, m.nlink), (10, 2048, 1, 1));
+        assert_eq!(idx.size(id), 10);
+        assert_eq!(idx.size(idx.lookup_path(b"big").unwrap()), 5 << 30);
+    }
+
+    #[test]
+    fn owners_past_the_table_are_wide_fields() {
+        let n = u32::from(OWNER_WIDE) + 100;
+        let idx = build(
+            (0..n)
+                .map(|i| file(&format!("f{i}"), |r| (r.uid, r.gid) = (i, i / 2)))
+                .collect(),
+        );
+        assert_eq!(idx.owners.len(), usize::from(OWNER_WIDE));
+        let wide = idx.entries.iter().filter(|e| e.owner == OWNER_WIDE).count();
+        assert!(wide >= 100, "{wide} entries with wide owners");
+        for i in (0..n).step_by(997).chain(n - 3..n) {
+            let m = meta(&idx, &format!("f{i}"));
+            assert_eq!((m.uid, m.gid), (i, i / 2), "f{i}");
+        }
+    }
+
+    #[test]
+    fn a_link_count_past_16_bits_is_a_wide_field() {
+        let n = 70_000;
+        let mut raws = vec![file("a", |r| r.size = 1)];
+        raws.extend((0..n).map(|i| RawEntry {
+            path: format!("l{i}").into_bytes(),
+            kind: Some(Kind::HardLink),
+            link: b"a".to_vec(),
+            ..RawEntry::default()
+        }));
+        let idx = build(raws);
+        assert_eq!(meta(&idx, "a").nlink, n + 1);
+        assert_eq!(meta(&idx, "l123").nlink, n + 1);
+        assert_eq!(meta(&idx, "l123").size, 1);
+    }
+
+    #[test]
+    fn a_wide_mask_that_names_unknown_fields_is_refused() {
+        let mut idx = build(vec![file("f", |r| r.mtime_nsec = 5)]);
+        let id = idx.lookup_path(b"f").unwrap();
+        let at = idx.entry(id).extra as usize;
+        idx.extra[at + 3] = 0x80;
+        assert!(validate(&idx).unwrap_err().contains("wide fields"));
+        let mut idx = build(vec![file("f", |r| r.uid = 3)]);
+        let id = idx.lookup_path(b"f").unwrap();
+        idx.entries[id.0 as usize].owner = 7;
+        assert!(validate(&idx).unwrap_err().contains("owner"));
     }
 }

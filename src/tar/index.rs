@@ -3,7 +3,9 @@
 //! Owns the in-memory (and, byte for byte, on-disk) form of a layer: entries in
 //! breadth-first order so that every directory's children are one contiguous run
 //! sorted by name, a names blob, an "extra" blob (symlink targets, device numbers,
-//! xattrs, sparse maps) and the archive's [`Member`] segments for reassembly.
+//! xattrs, sparse maps, and the "wide" values a 32-byte record cannot hold), a
+//! table of the layer's distinct (uid, gid) pairs, and the archive's [`Member`]
+//! segments for reassembly.
 //! It applies the tar-extraction rules that make a path list a tree (normalised
 //! names, later duplicates win, implicit parents, hard links); it records whiteout
 //! markers but does not interpret them across layers (that is `stack/`).
@@ -52,8 +54,26 @@ pub const F_SPARSE: u8 = 1 << 4;
 pub const F_HARDLINK: u8 = 1 << 5;
 /// Not reachable by name any more (replaced), kept as a hard link's data source.
 pub const F_DETACHED: u8 = 1 << 6;
-/// The mtime has nanoseconds: a u32 at the start of the entry's extra data.
-pub const F_NSEC: u8 = 1 << 7;
+/// The entry has "wide" fields: values that do not fit the record (see
+/// [`W_NSEC`] and the other `W_*` bits), a block at the start of its extra data.
+pub const F_WIDE: u8 = 1 << 7;
+
+/// Wide field: the mtime's nanoseconds (u32; 0 when absent).
+pub const W_NSEC: u32 = 1 << 0;
+/// Wide field: the mtime in seconds (i64) when it is outside `0..u32::MAX`.
+pub const W_MTIME: u32 = 1 << 1;
+/// Wide field: the size (u64) when it is 4 GiB or more.
+pub const W_SIZE: u32 = 1 << 2;
+/// Wide field: the data offset (u64) when it is not a multiple of 512 below 2 TiB.
+pub const W_DATA: u32 = 1 << 3;
+/// Wide field: the link count (u32) when it is 65535 or more.
+pub const W_NLINK: u32 = 1 << 4;
+/// Wide field: uid and gid (two u32) when the layer has more than 65535 owners.
+pub const W_OWNER: u32 = 1 << 5;
+/// Every wide field, in the order their values follow the mask.
+pub const W_ALL: u32 = W_NSEC | W_MTIME | W_SIZE | W_DATA | W_NLINK | W_OWNER;
+/// `owner` value of an entry whose uid and gid are wide fields.
+pub const OWNER_WIDE: u16 = u16::MAX;
 
 /// "No index" marker for u32 fields.
 pub const NONE: u32 = u32::MAX;
@@ -68,16 +88,33 @@ impl EntryId {
 }
 
 /// One entry, fixed size, stored as is on disk.
+///
+/// A record holds what most entries need in 32 bytes; what does not fit (a
+/// size of 4 GiB or more, an mtime before 1970 or after 2106, nanoseconds,
+/// a link count over 65534, the 65536th distinct owner) is a "wide" field in
+/// the extra blob ([`F_WIDE`]). Read the metadata with [`LayerIndex::meta`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct EntryRec {
-    /// Logical size: file bytes; symlink target length; 0 otherwise.
-    pub size: u64,
-    /// Absolute tar offset of the file data.
-    pub data_off: u64,
-    /// Modification time, seconds (the nanoseconds, when not 0, are in the
-    /// extra blob: [`F_NSEC`]).
-    pub mtime: i64,
+    /// Parent directory (the root is its own parent).
+    pub parent: u32,
+    /// Offset of the name in the names blob.
+    pub name_off: u32,
+    /// Directories: first child. Hard links: the entry they share an inode
+    /// with. Regular files: the data offset in 512-byte blocks (tar payloads
+    /// start on a block), unless [`W_DATA`].
+    pub pos: u32,
+    /// Directories: number of children. Regular files and symlinks: the size
+    /// (a symlink's is its target's length), unless [`W_SIZE`].
+    pub len: u32,
+    /// Modification time, seconds since 1970, unless [`W_MTIME`].
+    pub mtime32: u32,
+    /// Offset into the extra blob, or [`NONE`].
+    pub extra: u32,
+    /// uid and gid: an index into [`LayerIndex::owners`], or [`OWNER_WIDE`].
+    pub owner: u16,
+    /// Regular files: link count, unless [`W_NLINK`].
+    pub nlink16: u16,
     /// `st_mode`: type bits and permissions (0 for whiteouts); both fit in
     /// 16 bits (`S_IFMT` is 0o170000). Read it with [`EntryRec::mode`].
     pub mode16: u16,
@@ -85,27 +122,34 @@ pub struct EntryRec {
     pub name_len: u8,
     /// `F_*` flags.
     pub flags: u8,
+}
+
+// 32 bytes a record, in memory and on disk (index format 11; 56 in format 10,
+// 64 in 7 to 9, 72 before). Format 11 moved uid and gid to a per-layer owner
+// table, keeps the mtime in 32 bits, the size and data offset in 32 bits each,
+// with the rare values that do not fit in the extra blob.
+const _: () = assert!(std::mem::size_of::<EntryRec>() == 32);
+
+/// The metadata of one entry, decoded from its record and wide fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// `st_mode` (0 for whiteouts).
+    pub mode: u32,
     /// Owner.
     pub uid: u32,
     /// Group.
     pub gid: u32,
-    /// Parent directory (the root is its own parent).
-    pub parent: u32,
-    /// Offset of the name in the names blob.
-    pub name_off: u32,
-    /// Directories: first child. Hard links: the entry they share an inode with.
-    pub link: u32,
-    /// Directories: number of children. Others: link count.
-    pub count: u32,
-    /// Offset into the extra blob, or [`NONE`].
-    pub extra: u32,
+    /// Regular files: data bytes; symlinks: target length; 0 otherwise.
+    pub size: u64,
+    /// Regular files: absolute offset of the data in the tar stream.
+    pub data_off: u64,
+    /// Modification time, seconds.
+    pub mtime: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: u32,
+    /// Regular files: link count (names in this layer). 0 otherwise.
+    pub nlink: u32,
 }
-
-// 56 bytes a record, in memory and on disk (index format 10; 64 in formats
-// 7 to 9, 72 before). Format 10 dropped the member index of the entry's
-// header (nothing read it: `verify` walks the member table) and moved the
-// mtime's nanoseconds, 0 in most layers, to the extra blob.
-const _: () = assert!(std::mem::size_of::<EntryRec>() == 56);
 
 impl EntryRec {
     /// `st_mode`: type bits and permissions (0 for whiteouts).
@@ -139,6 +183,8 @@ pub struct LayerIndex {
     pub names: Vec<u8>,
     /// Variable-size data referenced by `EntryRec::extra`.
     pub extra: Vec<u8>,
+    /// The distinct (uid, gid) pairs of the layer, indexed by `EntryRec::owner`.
+    pub owners: Vec<[u32; 2]>,
     /// The archive's header blocks and payloads, in order.
     pub members: Vec<Member>,
     /// Where the end-of-archive blocks start.
@@ -157,6 +203,7 @@ impl LayerIndex {
         self.entries.shrink_to_fit();
         self.names.shrink_to_fit();
         self.extra.shrink_to_fit();
+        self.owners.shrink_to_fit();
         self.members.shrink_to_fit();
         self.warnings.shrink_to_fit();
     }
@@ -195,7 +242,7 @@ impl LayerIndex {
     pub fn children(&self, dir: EntryId) -> std::ops::Range<u32> {
         let e = self.entry(dir);
         if e.is_dir() {
-            e.link..e.link + e.count
+            e.pos..e.pos + e.len
         } else {
             0..0
         }
@@ -233,7 +280,7 @@ impl LayerIndex {
     pub fn inode_of(&self, id: EntryId) -> EntryId {
         let e = self.entry(id);
         if e.has(F_HARDLINK) {
-            EntryId(e.link)
+            EntryId(e.pos)
         } else {
             id
         }
@@ -254,18 +301,90 @@ impl LayerIndex {
         parts.join(&b'/')
     }
 
+    /// The metadata of `id` as its record and wide fields hold it. A hard
+    /// link's record holds only its mode: ask for [`Self::inode_of`] it.
+    pub fn meta(&self, id: EntryId) -> Meta {
+        let e = self.entry(id);
+        let kind = e.kind();
+        let reg = kind == libc::S_IFREG && !e.has(F_HARDLINK);
+        let [uid, gid] = self
+            .owners
+            .get(usize::from(e.owner))
+            .copied()
+            .unwrap_or([0, 0]);
+        let mut m = Meta {
+            mode: e.mode(),
+            uid,
+            gid,
+            size: if reg || kind == libc::S_IFLNK {
+                u64::from(e.len)
+            } else {
+                0
+            },
+            data_off: if reg { u64::from(e.pos) * 512 } else { 0 },
+            mtime: i64::from(e.mtime32),
+            mtime_nsec: 0,
+            nlink: u32::from(e.nlink16),
+        };
+        if e.has(F_WIDE) {
+            let mut r = self.cursor(e);
+            let mask = r.u32();
+            if mask & W_NSEC != 0 {
+                m.mtime_nsec = r.u32();
+            }
+            if mask & W_MTIME != 0 {
+                m.mtime = r.u64() as i64;
+            }
+            if mask & W_SIZE != 0 {
+                m.size = r.u64();
+            }
+            if mask & W_DATA != 0 {
+                m.data_off = r.u64();
+            }
+            if mask & W_NLINK != 0 {
+                m.nlink = r.u32();
+            }
+            if mask & W_OWNER != 0 {
+                m.uid = r.u32();
+                m.gid = r.u32();
+            }
+        }
+        m
+    }
+
+    /// The size of `id` as its own record holds it (a hard link's is 0):
+    /// [`Meta::size`] without the rest.
+    pub fn size(&self, id: EntryId) -> u64 {
+        let e = self.entry(id);
+        if e.has(F_WIDE) {
+            return self.meta(id).size;
+        }
+        match e.kind() {
+            libc::S_IFREG if !e.has(F_HARDLINK) => u64::from(e.len),
+            libc::S_IFLNK => u64::from(e.len),
+            _ => 0,
+        }
+    }
+
     /// The nanoseconds of `id`'s mtime (0 for most entries: tar headers carry
     /// whole seconds, only PAX records more).
     pub fn mtime_nsec(&self, id: EntryId) -> u32 {
         let e = self.entry(id);
-        if !e.has(F_NSEC) {
+        if !e.has(F_WIDE) {
             return 0;
         }
+        let mut r = self.cursor(e);
+        if r.u32() & W_NSEC == 0 {
+            return 0;
+        }
+        r.u32()
+    }
+
+    fn cursor(&self, e: &EntryRec) -> Cursor<'_> {
         Cursor {
             b: &self.extra,
             at: e.extra as usize,
         }
-        .u32()
     }
 
     /// Decodes the extra data of `id` (metadata of a hard link comes from its target).
@@ -275,12 +394,10 @@ impl LayerIndex {
         if e.extra == NONE {
             return x;
         }
-        let mut r = Cursor {
-            b: &self.extra,
-            at: e.extra as usize,
-        };
-        if e.has(F_NSEC) {
-            r.u32();
+        let mut r = self.cursor(e);
+        if e.has(F_WIDE) {
+            let mask = r.u32();
+            r.take(wide_len(mask) - 4);
         }
         let kind = e.kind();
         if kind == libc::S_IFLNK {
@@ -305,6 +422,24 @@ impl LayerIndex {
         }
         x
     }
+}
+
+/// Bytes of a wide block with `mask`: the mask itself and the values it names.
+pub fn wide_len(mask: u32) -> usize {
+    let mut n = 4;
+    for (bit, len) in [
+        (W_NSEC, 4),
+        (W_MTIME, 8),
+        (W_SIZE, 8),
+        (W_DATA, 8),
+        (W_NLINK, 4),
+        (W_OWNER, 8),
+    ] {
+        if mask & bit != 0 {
+            n += len;
+        }
+    }
+    n
 }
 
 /// Reads little-endian values from the extra blob; out-of-range reads yield zeros

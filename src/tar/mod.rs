@@ -426,22 +426,23 @@ impl TarLayer {
     pub fn read(&self, id: EntryId, off: u64, buf: &mut [u8]) -> io::Result<usize> {
         let id = self.index.inode_of(id);
         let e = self.index.entry(id);
-        if off >= e.size || buf.is_empty() {
+        let m = self.index.meta(id);
+        if off >= m.size || buf.is_empty() {
             return Ok(0);
         }
-        let n = (e.size - off).min(buf.len() as u64) as usize;
+        let n = (m.size - off).min(buf.len() as u64) as usize;
         let buf = &mut buf[..n];
         if e.has(index::F_SPARSE) {
             let x = self.index.extra(id);
-            read_sparse(&self.blob, e.data_off, &x.sparse, off, buf)?;
+            read_sparse(&self.blob, m.data_off, &x.sparse, off, buf)?;
         } else {
-            self.pread_exact(buf, e.data_off + off)?;
+            self.pread_exact(buf, m.data_off + off)?;
             if n >= PREFETCH_MIN {
                 // Large reads come from sequential readers (the kernel's readahead):
                 // ask the page cache to fetch what follows while we reply.
                 self.prefetch(
-                    e.data_off + off + n as u64,
-                    (e.size - off - n as u64).min(4 * n as u64),
+                    m.data_off + off + n as u64,
+                    (m.size - off - n as u64).min(4 * n as u64),
                 );
             }
         }

@@ -8,6 +8,7 @@
 //! entries   [EntryRec; n_entries]           the records exactly as held in memory
 //! names     [u8; names_len]    (padded)
 //! extra     [u8; extra_len]    (padded)
+//! owners    [[u32; 2]; n_owners]            (uid, gid) pairs, `EntryRec::owner`
 //! members   [Member; n_members]             only read by `verify` and `ls --offsets`
 //! warnings  [u8; warnings_len] (padded)     '\n'-separated
 //! ```
@@ -29,13 +30,15 @@ use std::path::Path;
 use bytemuck::{Pod, Zeroable};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::index::{EntryRec, LayerIndex, F_HARDLINK, F_NSEC, NONE};
+use super::index::{
+    wide_len, EntryRec, LayerIndex, F_HARDLINK, F_WIDE, NONE, OWNER_WIDE, W_ALL, W_OWNER,
+};
 use super::scan::Member;
 
 const MAGIC: [u8; 8] = *b"UFSINDX\0";
 /// Bump whenever the layout or the indexing rules (scan.rs, index.rs) change:
 /// a stored index built by other rules must never be served.
-pub const VERSION: u32 = 10;
+pub const VERSION: u32 = 11;
 const BOM: u32 = 0x0102_0304;
 
 /// What makes a tar file "the same file" for the cache.
@@ -84,6 +87,7 @@ struct FileHeader {
     n_entries: u64,
     names_len: u64,
     extra_len: u64,
+    n_owners: u64,
     n_members: u64,
     warnings_len: u64,
     end_off: u64,
@@ -94,6 +98,7 @@ struct FileHeader {
     sum_entries: u64,
     sum_names: u64,
     sum_extra: u64,
+    sum_owners: u64,
     sum_members: u64,
     sum_warnings: u64,
     sum_header: u64,
@@ -115,6 +120,7 @@ pub fn save(
     let warnings = idx.warnings.join("\n").into_bytes();
     let entries: &[u8] = bytemuck::cast_slice(&idx.entries);
     let members: &[u8] = bytemuck::cast_slice(&idx.members);
+    let owners: &[u8] = bytemuck::cast_slice(&idx.owners);
     let mut h = FileHeader {
         magic: MAGIC,
         version: VERSION,
@@ -123,6 +129,7 @@ pub fn save(
         n_entries: idx.entries.len() as u64,
         names_len: idx.names.len() as u64,
         extra_len: idx.extra.len() as u64,
+        n_owners: idx.owners.len() as u64,
         n_members: idx.members.len() as u64,
         warnings_len: warnings.len() as u64,
         end_off: idx.end_off,
@@ -131,6 +138,7 @@ pub fn save(
         sum_entries: xxh3_64(entries),
         sum_names: xxh3_64(&idx.names),
         sum_extra: xxh3_64(&idx.extra),
+        sum_owners: xxh3_64(owners),
         sum_members: xxh3_64(members),
         sum_warnings: xxh3_64(&warnings),
         sum_header: 0,
@@ -146,7 +154,7 @@ pub fn save(
             .open(&tmp)?;
         let mut w = io::BufWriter::with_capacity(1 << 20, &mut f);
         w.write_all(bytemuck::bytes_of(&h))?;
-        for sec in [entries, &idx.names, &idx.extra, members, &warnings] {
+        for sec in [entries, &idx.names, &idx.extra, owners, members, &warnings] {
             w.write_all(sec)?;
             let pad = (pad8(sec.len() as u64) - sec.len() as u64) as usize;
             w.write_all(&[0u8; 8][..pad])?;
@@ -236,15 +244,21 @@ pub fn load(
         + pad8(h.n_entries.saturating_mul(rec))
         + pad8(h.names_len)
         + pad8(h.extra_len)
+        + pad8(h.n_owners.saturating_mul(8))
         + pad8(h.n_members.saturating_mul(mem))
         + pad8(h.warnings_len);
-    if total != file_len || h.n_entries == 0 || h.n_entries >= u64::from(NONE) {
+    if total != file_len
+        || h.n_entries == 0
+        || h.n_entries >= u64::from(NONE)
+        || h.n_owners > u64::from(OWNER_WIDE)
+    {
         return Ok(Err("section sizes do not match the file".into()));
     }
     let mut idx = LayerIndex {
         entries: vec![EntryRec::zeroed(); h.n_entries as usize],
         names: vec![0; h.names_len as usize],
         extra: vec![0; h.extra_len as usize],
+        owners: vec![[0, 0]; h.n_owners as usize],
         end_off: h.end_off,
         tar_size: id.size,
         dropped: h.dropped as u32,
@@ -260,6 +274,11 @@ pub fn load(
     checks.push(("names", xxh3_64(&idx.names) == h.sum_names));
     read_section(&mut f, &mut idx.extra)?;
     checks.push(("extra", xxh3_64(&idx.extra) == h.sum_extra));
+    read_section(&mut f, bytemuck::cast_slice_mut(&mut idx.owners))?;
+    checks.push((
+        "owners",
+        xxh3_64(bytemuck::cast_slice(&idx.owners)) == h.sum_owners,
+    ));
     let mut warnings = vec![0u8; h.warnings_len as usize];
     if members {
         idx.members = vec![Member::zeroed(); h.n_members as usize];
@@ -311,11 +330,11 @@ pub fn validate(idx: &LayerIndex) -> Result<(), String> {
         if u64::from(e.parent) >= n {
             return bad("parent");
         }
-        if e.is_dir() && u64::from(e.link) + u64::from(e.count) > n {
+        if e.is_dir() && u64::from(e.pos) + u64::from(e.len) > n {
             return bad("children");
         }
         if e.has(F_HARDLINK) {
-            let t = idx.entries.get(e.link as usize);
+            let t = idx.entries.get(e.pos as usize);
             if t.is_none_or(|t| t.has(F_HARDLINK) || t.is_dir()) {
                 return bad("hard link target");
             }
@@ -323,8 +342,21 @@ pub fn validate(idx: &LayerIndex) -> Result<(), String> {
         if e.extra != NONE && u64::from(e.extra) >= idx.extra.len() as u64 {
             return bad("extra");
         }
-        if e.has(F_NSEC) && e.extra == NONE {
-            return bad("mtime nanoseconds");
+        let mut wide = 0;
+        if e.has(F_WIDE) {
+            let at = e.extra as usize;
+            let Some(m) = idx.extra.get(at..at.saturating_add(4)) else {
+                return bad("wide fields");
+            };
+            wide = u32::from_le_bytes(m.try_into().unwrap_or_default());
+            if wide & !W_ALL != 0 || at.saturating_add(wide_len(wide)) > idx.extra.len() {
+                return bad("wide fields");
+            }
+        }
+        if (e.owner == OWNER_WIDE) != (wide & W_OWNER != 0)
+            || (e.owner != OWNER_WIDE && usize::from(e.owner) >= idx.owners.len())
+        {
+            return bad("owner");
         }
     }
     Ok(())

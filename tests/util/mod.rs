@@ -435,7 +435,7 @@ pub fn describe(idx: &LayerIndex, id: EntryId) -> String {
                 "{path} -> {}",
                 String::from_utf8_lossy(idx.extra(idx.inode_of(id)).link)
             ),
-            libc::S_IFREG => format!("{path} ={}", e.size),
+            libc::S_IFREG => format!("{path} ={}", idx.meta(idx.inode_of(id)).size),
             libc::S_IFCHR => format!("{path} c"),
             libc::S_IFBLK => format!("{path} b"),
             libc::S_IFIFO => format!("{path} p"),
@@ -471,6 +471,11 @@ pub fn find(idx: &LayerIndex, path: &[u8]) -> Option<EntryId> {
 /// The record of the inode at `path` (a hard link's target for hard links).
 pub fn rec<'a>(idx: &'a LayerIndex, path: &str) -> &'a EntryRec {
     idx.entry(idx.inode_of(id(idx, path)))
+}
+
+/// The metadata of the inode at `path` (mode, owner, size, times, links).
+pub fn meta(idx: &LayerIndex, path: &str) -> unionfs::tar::index::Meta {
+    idx.meta(idx.inode_of(id(idx, path)))
 }
 
 /// The nanoseconds of the mtime of the inode at `path`.
