@@ -61,8 +61,10 @@ pub(super) struct Nodes {
     /// the implicit entries under it.
     dirs: HashMap<(u16, u32), u64>,
     /// Kernel references to implicit objects, per layer, by entry (empty
-    /// until the layer's first implicit lookup).
-    counts: Vec<Vec<u32>>,
+    /// until the layer's first implicit lookup). One byte an entry: an
+    /// object looked up a 256th time without a FORGET becomes a node, which
+    /// takes its count.
+    counts: Vec<Vec<u8>>,
     /// Numbers of lower objects moved or unlinked: their layer place is no
     /// longer theirs, so they are never implicit again (once the kernel
     /// forgets one, its number has no place until a lookup finds it by its
@@ -113,7 +115,7 @@ impl Nodes {
     }
 
     /// The kernel's count of implicit `r` (its slot, made on first use).
-    fn count_slot(&mut self, r: LayerRef) -> &mut u32 {
+    fn count_slot(&mut self, r: LayerRef) -> &mut u8 {
         let l = usize::from(r.layer.0);
         if self.counts.len() <= l {
             self.counts.resize_with(l + 1, Vec::new);
@@ -125,7 +127,7 @@ impl Nodes {
     }
 
     /// The kernel's count of implicit `r` (0 if never looked up).
-    fn count_of(&self, r: LayerRef) -> u32 {
+    fn count_of(&self, r: LayerRef) -> u8 {
         self.counts
             .get(usize::from(r.layer.0))
             .and_then(|c| c.get(r.entry.0 as usize))
@@ -134,7 +136,7 @@ impl Nodes {
     }
 
     /// The count of implicit `r`, if its layer has any (never allocates).
-    fn count_mut(&mut self, r: LayerRef) -> Option<&mut u32> {
+    fn count_mut(&mut self, r: LayerRef) -> Option<&mut u8> {
         self.counts
             .get_mut(usize::from(r.layer.0))
             .and_then(|c| c.get_mut(r.entry.0 as usize))
@@ -194,8 +196,12 @@ impl Nodes {
                 let dir = self.stack.index(r).entry(r.entry).parent;
                 self.dirs.insert((r.layer.0, dir), parent);
                 let c = self.count_slot(r);
-                *c = c.saturating_add(1);
-                return ino;
+                if *c < u8::MAX {
+                    *c += 1;
+                    return ino;
+                }
+                // Past a byte: a node takes the count (`materialize`) and
+                // counts this lookup below.
             }
         }
         // An object with an upper is never held uncounted (a copy-up
@@ -281,7 +287,7 @@ impl Nodes {
                 node.nlookup == 0
             }
             None => {
-                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                let n = u8::try_from(n).unwrap_or(u8::MAX);
                 return match self.implicit_ref(ino).and_then(|r| self.count_mut(r)) {
                     Some(c) if *c > 0 => {
                         *c = c.saturating_sub(n);
@@ -553,6 +559,27 @@ mod tests {
         assert_eq!(n.path(f).unwrap(), vec![b"h".to_vec()]);
         n.unlink(f, ROOT, b"h", None);
         assert_eq!(n.path(f).unwrap(), vec![b"x".to_vec(), b"f".to_vec()]);
+    }
+
+    #[test]
+    fn an_implicit_count_past_a_byte_moves_to_a_node() {
+        let (_t, stack) = stack();
+        let mut n = Nodes::new(Arc::clone(&stack));
+        let (d, dr) = at(&stack, b"d");
+        for _ in 0..300 {
+            assert_eq!(n.enter(ROOT, b"d", Some(d), None, Some(dr)), d);
+        }
+        // 255 in the byte, then a node with every reference.
+        assert_eq!(n.sizes().0, 1);
+        assert_eq!(n.count_of(dr), 0);
+        assert!(!n.forget(d, 299));
+        assert!(n.is_held(d));
+        assert_eq!(n.path(d).unwrap(), vec![b"d".to_vec()]);
+        assert!(n.forget(d, 1));
+        assert!(!n.is_held(d));
+        // Forgotten, it is implicit again: a byte, no node.
+        assert_eq!(n.enter(ROOT, b"d", Some(d), None, Some(dr)), d);
+        assert_eq!((n.sizes().0, n.count_of(dr)), (0, 1));
     }
 
     /// The kernel evicts an inode while a lookup of the same name makes a
