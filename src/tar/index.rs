@@ -60,7 +60,7 @@ pub const F_WIDE: u8 = 1 << 7;
 
 /// Wide field: the mtime's nanoseconds (u32; 0 when absent).
 pub const W_NSEC: u32 = 1 << 0;
-/// Wide field: the mtime in seconds (i64) when it is outside `0..u32::MAX`.
+/// Wide field: the mtime in seconds (i64) when it is outside `0..=u32::MAX`.
 pub const W_MTIME: u32 = 1 << 1;
 /// Wide field: the size (u64) when it is 4 GiB or more.
 pub const W_SIZE: u32 = 1 << 2;
@@ -113,7 +113,8 @@ pub struct EntryRec {
     pub extra: u32,
     /// uid and gid: an index into [`LayerIndex::owners`], or [`OWNER_WIDE`].
     pub owner: u16,
-    /// Regular files: link count, unless [`W_NLINK`].
+    /// Non-directories: link count, unless [`W_NLINK`] (0 in a hard link's
+    /// own record and in whiteouts).
     pub nlink16: u16,
     /// `st_mode`: type bits and permissions (0 for whiteouts); both fit in
     /// 16 bits (`S_IFMT` is 0o170000). Read it with [`EntryRec::mode`].
@@ -147,7 +148,8 @@ pub struct Meta {
     pub mtime: i64,
     /// Modification time, nanoseconds.
     pub mtime_nsec: u32,
-    /// Regular files: link count (names in this layer). 0 otherwise.
+    /// Non-directories: link count (names in this layer). 0 for
+    /// directories, whiteouts and a hard link's own record.
     pub nlink: u32,
 }
 
@@ -302,7 +304,7 @@ impl LayerIndex {
     }
 
     /// The metadata of `id` as its record and wide fields hold it. A hard
-    /// link's record holds only its mode: ask for [`Self::inode_of`] it.
+    /// link's record holds only its mode: ask for its [`Self::inode_of`].
     pub fn meta(&self, id: EntryId) -> Meta {
         let e = self.entry(id);
         let kind = e.kind();
