@@ -1303,6 +1303,62 @@ fn a_full_upper_gives_enospc_and_stays_consistent() {
     );
 }
 
+/// An upper out of inodes: a create right after `rm` of a file succeeds.
+/// The daemon lets go of a removed file at the kernel's FORGET, which can
+/// come after the next create: that create waits for it, as a write does.
+#[test]
+fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
+    if !fuse_available("inode exhaustion test") {
+        return;
+    }
+    let dir = scratch_dir("unionfs-inodes-");
+    let tars = write_layers(dir.path(), &image());
+    let upper_fs = dir.path().join("fs");
+    fs::create_dir(&upper_fs).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,nr_inodes=64", "tmpfs"])
+        .arg(&upper_fs)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            force_unmount(&self.0);
+        }
+    }
+    let _u = Umount(upper_fs.clone());
+    let upper = upper_fs.join("upper");
+    fs::create_dir(&upper).unwrap();
+    let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
+    fs::create_dir(m.p("d")).unwrap();
+    let mut made = Vec::new();
+    let err = loop {
+        let p = m.p(&format!("d/f{}", made.len()));
+        match File::create(&p) {
+            Ok(_) => made.push(p),
+            Err(e) => break e,
+        }
+        assert!(made.len() < 100, "64 inodes never ran out");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(made.len() > 10, "only {} files", made.len());
+    for (i, p) in made.iter().enumerate().take(30) {
+        fs::remove_file(p).unwrap();
+        let q = m.p(&format!("d/g{i}"));
+        File::create(&q)
+            .and_then(|mut f| f.write_all(b"x"))
+            .unwrap_or_else(|e| panic!("create {i} right after a removal: {e}"));
+        fs::remove_file(&q).unwrap();
+        fs::create_dir(&q).unwrap_or_else(|e| panic!("mkdir {i} right after a removal: {e}"));
+        fs::remove_dir(&q).unwrap();
+        std::os::unix::fs::symlink("t", &q)
+            .unwrap_or_else(|e| panic!("symlink {i} right after a removal: {e}"));
+    }
+    let work = upper_fs.join(".upper.unionfs-work");
+    assert_eq!(temp_names(&work), Vec::<String>::new());
+}
+
 // ---------------------------------------------------------------------------
 // The overlay whiteout format
 

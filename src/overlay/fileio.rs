@@ -159,7 +159,7 @@ const SETTLE_AFTER_FREE: Duration = Duration::from_secs(2);
 
 impl Overlay {
     /// The upper is full: if an upper object lost its last name in the last
-    /// 2 s, its space may be on its way back. The daemon lets go of a removed
+    /// 2 s, its space (blocks, inodes) may be on its way back. The daemon lets go of a removed
     /// file at the kernel's FORGET of it (or the RELEASE of its last open
     /// handle, `-o passthrough`), which FUSE sends after `unlink`/`close`
     /// return, and some filesystems free blocks after that in the background
@@ -179,7 +179,10 @@ impl Overlay {
         if !recent {
             return false;
         }
-        let free = || self.statfs().map_or(0, |s| s.f_bfree);
+        // Free blocks and free inodes: a create needs an inode, which the
+        // filesystem gives back when the last reference to a removed file
+        // goes (the daemon's, or a passthrough file's in the kernel).
+        let free = || self.statfs().map_or((0, 0), |s| (s.f_bfree, s.f_ffree));
         let held = || {
             let orphans = self.io.orphans.lock().len();
             let open = self.handles.upper_inos();
@@ -190,7 +193,8 @@ impl Overlay {
         let polls = if held0 > 0 { 200 } else { 10 };
         for i in 0..polls {
             std::thread::sleep(Duration::from_millis(5));
-            if free() > free0 || held() < held0 {
+            let now = free();
+            if now.0 > free0.0 || now.1 > free0.1 || held() < held0 {
                 log::debug!(target: "unionfs::overlay",
                     "upper full: space coming back after {} ms; retrying", 5 * (i + 1));
                 return true;
@@ -204,9 +208,10 @@ impl Overlay {
 
     /// Runs `op` again while it fails with ENOSPC and
     /// [`settle_space`](Self::settle_space) sees space coming back: a few
-    /// times at most. Every operation that allocates data blocks in the
-    /// upper goes through it (writes, fallocate, copy-up); namespace
-    /// operations (create, mkdir, a whiteout) do not.
+    /// times at most. Every operation that allocates in the upper goes
+    /// through it (writes, fallocate, copy-up, create, mkdir, mknod,
+    /// symlink, link) except the whiteouts of `unlink`, `rmdir` and
+    /// `rename`.
     pub(super) fn retry_full<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         let mut tries = 0;
         loop {

@@ -415,13 +415,25 @@ impl Overlay {
     }
 
     /// The common create path: `make(upper, dir path, owner)` makes the object
-    /// once the name is known to be free in the merged view.
+    /// once the name is known to be free in the merged view. An upper that is
+    /// full right after a removal is given the time to free it
+    /// ([`Overlay::retry_full`]): a failed attempt changed nothing.
     fn make<T>(
         &self,
         parent: u64,
         name: &[u8],
         ids: Option<(u32, u32)>,
-        make: impl FnOnce(&Upper, &[Vec<u8>], Option<Owner>) -> io::Result<(T, New)>,
+        make: impl Fn(&Upper, &[Vec<u8>], Option<Owner>) -> io::Result<(T, New)>,
+    ) -> io::Result<(Attr, T)> {
+        self.retry_full(|| self.make_once(parent, name, ids, &make))
+    }
+
+    fn make_once<T>(
+        &self,
+        parent: u64,
+        name: &[u8],
+        ids: Option<(u32, u32)>,
+        make: impl Fn(&Upper, &[Vec<u8>], Option<Owner>) -> io::Result<(T, New)>,
     ) -> io::Result<(Attr, T)> {
         check_name(name)?;
         let dir = self.path_of(parent)?;
