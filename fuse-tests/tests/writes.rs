@@ -1334,7 +1334,7 @@ fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
     fs::create_dir(m.p("d")).unwrap();
     let mut made = Vec::new();
     let err = loop {
-        let p = m.p(&format!("d/f{}", made.len()));
+        let p = m.p(format!("d/f{}", made.len()));
         match File::create(&p) {
             Ok(_) => made.push(p),
             Err(e) => break e,
@@ -1345,7 +1345,7 @@ fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
     assert!(made.len() > 10, "only {} files", made.len());
     for (i, p) in made.iter().enumerate().take(30) {
         fs::remove_file(p).unwrap();
-        let q = m.p(&format!("d/g{i}"));
+        let q = m.p(format!("d/g{i}"));
         File::create(&q)
             .and_then(|mut f| f.write_all(b"x"))
             .unwrap_or_else(|e| panic!("create {i} right after a removal: {e}"));
