@@ -1303,11 +1303,12 @@ fn a_full_upper_gives_enospc_and_stays_consistent() {
     );
 }
 
-/// An upper out of inodes: a create right after `rm` of a file succeeds.
-/// The daemon lets go of a removed file at the kernel's FORGET, which can
-/// come after the next create: that create waits for it, as a write does.
+/// An upper out of inodes: a create, or the whiteout of an `rm`, right
+/// after `rm` of a file succeeds. The daemon lets go of a removed file at
+/// the kernel's FORGET, which can come after the next request: that request
+/// waits for it, as a write does.
 #[test]
-fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
+fn a_create_or_rm_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
     if !fuse_available("inode exhaustion test") {
         return;
     }
@@ -1331,6 +1332,32 @@ fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
     let upper = upper_fs.join("upper");
     fs::create_dir(&upper).unwrap();
     let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
+    // Lower names to remove once the inodes ran out: each `rm` makes a
+    // whiteout, a link to the shared whiteout inode, which tmpfs counts as
+    // an inode. Their directories are copied up (chmod to the same mode)
+    // and the shared whiteout made (rm of another lower file) first, while
+    // there are inodes: then each such `rm` needs exactly one.
+    let lower = [
+        "data/sub/a",
+        "data/sub/b",
+        "etc/passwd",
+        "etc/shadow",
+        "var/cache/new",
+        "usr/bin/sh",
+    ];
+    for d in [
+        "data",
+        "data/sub",
+        "etc",
+        "var",
+        "var/cache",
+        "usr",
+        "usr/bin",
+    ] {
+        let mode = fs::metadata(m.p(d)).unwrap().permissions();
+        fs::set_permissions(m.p(d), mode).unwrap();
+    }
+    fs::remove_file(m.p("data/sub/c")).unwrap();
     fs::create_dir(m.p("d")).unwrap();
     let mut made = Vec::new();
     let err = loop {
@@ -1342,9 +1369,12 @@ fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
         assert!(made.len() < 100, "64 inodes never ran out");
     };
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    assert!(made.len() > 10, "only {} files", made.len());
-    for (i, p) in made.iter().enumerate().take(30) {
-        fs::remove_file(p).unwrap();
+    assert!(made.len() > 40, "only {} files", made.len());
+    // Each round frees one inode and takes one: the upper stays full, and
+    // every request comes right after a removal.
+    let mut free = made.iter();
+    for i in 0..30 {
+        fs::remove_file(free.next().unwrap()).unwrap();
         let q = m.p(format!("d/g{i}"));
         File::create(&q)
             .and_then(|mut f| f.write_all(b"x"))
@@ -1354,6 +1384,11 @@ fn a_create_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
         fs::remove_dir(&q).unwrap();
         std::os::unix::fs::symlink("t", &q)
             .unwrap_or_else(|e| panic!("symlink {i} right after a removal: {e}"));
+    }
+    for l in lower {
+        fs::remove_file(free.next().unwrap()).unwrap();
+        fs::remove_file(m.p(l)).unwrap_or_else(|e| panic!("rm {l} right after a removal: {e}"));
+        assert!(fs::symlink_metadata(m.p(l)).is_err(), "{l} is still there");
     }
     let work = upper_fs.join(".upper.unionfs-work");
     assert_eq!(temp_names(&work), Vec::<String>::new());

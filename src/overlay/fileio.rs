@@ -171,12 +171,7 @@ impl Overlay {
     pub(super) fn settle_space(&self) -> bool {
         // Only right after a removal: an upper full for good (or a deleted
         // file held open for long) fails at once, not seconds later each time.
-        let recent = self
-            .io
-            .freed_at
-            .lock()
-            .is_some_and(|t| t.elapsed() < SETTLE_AFTER_FREE);
-        if !recent {
+        if !self.freed_recently() {
             return false;
         }
         // Free blocks and free inodes: a create needs an inode, which the
@@ -206,20 +201,32 @@ impl Overlay {
         false
     }
 
+    /// Returns true if an upper object lost its last name in the last 2 s.
+    fn freed_recently(&self) -> bool {
+        self.io
+            .freed_at
+            .lock()
+            .is_some_and(|t| t.elapsed() < SETTLE_AFTER_FREE)
+    }
+
     /// Runs `op` again while it fails with ENOSPC and
     /// [`settle_space`](Self::settle_space) sees space coming back: a few
     /// times at most. Every operation that allocates in the upper goes
     /// through it (writes, fallocate, copy-up, create, mkdir, mknod,
-    /// symlink, link) except the whiteouts of `unlink`, `rmdir` and
-    /// `rename`.
+    /// symlink, link, the whiteout of `unlink` and `rmdir`) except `rename`,
+    /// whose steps cannot all be retried whole.
     pub(super) fn retry_full<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         let mut tries = 0;
         loop {
             match op() {
+                // The first failure is retried once more even if
+                // `settle_space` saw no space come back: it may have come
+                // back between the failure and its first look (a handle
+                // closed, its count gone), which nothing shows afterwards.
                 Err(e)
                     if e.raw_os_error() == Some(libc::ENOSPC)
                         && tries < 4
-                        && self.settle_space() =>
+                        && (self.settle_space() || (tries == 0 && self.freed_recently())) =>
                 {
                     tries += 1;
                 }

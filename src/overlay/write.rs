@@ -562,8 +562,15 @@ impl Overlay {
 
     /// `unlink` (`dir` false) or `rmdir` (`dir` true) of `parent`/`name`.
     /// A name with lower objects below is replaced by a whiteout; a directory
-    /// must be empty in the merged view (`ENOTEMPTY`, as overlayfs).
+    /// must be empty in the merged view (`ENOTEMPTY`, as overlayfs). A
+    /// whiteout that meets an upper full right after a removal waits for its
+    /// space ([`Overlay::retry_full`]): a failed attempt changed nothing but
+    /// perhaps the copy-up of the parent directory.
     pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
+        self.retry_full(|| self.remove_once(parent, name, dir))
+    }
+
+    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> io::Result<()> {
         let dpath = self.path_of(parent)?;
         let path = child(&dpath, name);
         let r = self.resolve(&path)?;
