@@ -1215,6 +1215,26 @@ fn a_symlink_planted_in_the_upper_is_never_followed() {
     );
 }
 
+/// A tmpfs mounted with `opts` at `dir`/fs, for an upper that runs out of
+/// space; unmounted when the guard goes.
+fn small_tmpfs(dir: &Path, opts: &str) -> (PathBuf, impl Drop) {
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            force_unmount(&self.0);
+        }
+    }
+    let fs_dir = dir.join("fs");
+    fs::create_dir(&fs_dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(&fs_dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs -o {opts}");
+    (fs_dir.clone(), Umount(fs_dir))
+}
+
 #[test]
 fn a_full_upper_gives_enospc_and_stays_consistent() {
     if !fuse_available("full disk test") {
@@ -1222,21 +1242,7 @@ fn a_full_upper_gives_enospc_and_stays_consistent() {
     }
     let dir = scratch_dir("unionfs-full-");
     let tars = write_layers(dir.path(), &image());
-    let upper_fs = dir.path().join("fs");
-    fs::create_dir(&upper_fs).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&upper_fs)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            force_unmount(&self.0);
-        }
-    }
-    let _u = Umount(upper_fs.clone());
+    let (upper_fs, _u) = small_tmpfs(dir.path(), "size=1m");
     let upper = upper_fs.join("upper");
     fs::create_dir(&upper).unwrap();
     let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
@@ -1314,21 +1320,7 @@ fn a_create_or_rm_right_after_a_removal_on_an_upper_out_of_inodes_succeeds() {
     }
     let dir = scratch_dir("unionfs-inodes-");
     let tars = write_layers(dir.path(), &image());
-    let upper_fs = dir.path().join("fs");
-    fs::create_dir(&upper_fs).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m,nr_inodes=64", "tmpfs"])
-        .arg(&upper_fs)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Umount(PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            force_unmount(&self.0);
-        }
-    }
-    let _u = Umount(upper_fs.clone());
+    let (upper_fs, _u) = small_tmpfs(dir.path(), "size=4m,nr_inodes=64");
     let upper = upper_fs.join("upper");
     fs::create_dir(&upper).unwrap();
     let m = Mount::with_upper(&tars, &upper, WhiteoutFormat::Oci).unwrap();
