@@ -159,13 +159,13 @@ const SETTLE_AFTER_FREE: Duration = Duration::from_secs(2);
 
 impl Overlay {
     /// The upper is full: if an upper object lost its last name in the last
-    /// 2 s, its space (blocks, inodes) may be on its way back. The daemon lets go of a removed
-    /// file at the kernel's FORGET of it (or the RELEASE of its last open
-    /// handle, `-o passthrough`), which FUSE sends after `unlink`/`close`
-    /// return, and some filesystems free blocks after that in the background
-    /// (XFS). Waits until the upper's free blocks grow or a removed object is
-    /// let go: up to 1 s while removed objects are still held, 50 ms if none
-    /// is. Returns true if a retry is worth it. (A file removed earlier and
+    /// 2 s, its space (blocks, an inode) may be on its way back. The daemon
+    /// lets go of a removed file at the kernel's FORGET of it (or the RELEASE
+    /// of its last open handle, `-o passthrough`), which FUSE sends after
+    /// `unlink`/`close` return, and some filesystems free blocks after that
+    /// in the background (XFS). Waits until the upper's free blocks or free
+    /// inodes grow or a removed object is let go: up to 1 s while removed
+    /// objects are still held, 50 ms if none is. Returns true if a retry is worth it. (A file removed earlier and
     /// closed just now is not waited for: the daemon does not see a `close`
     /// before its RELEASE.)
     pub(super) fn settle_space(&self) -> bool {
